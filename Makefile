@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Users bring their own CUDA build: `make install TORCH_SPEC="torch torchvision --index-url ..."`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.install-stamp
+PYTEST_ARGS ?=
+
+help: ## Show the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with dev tools (idempotent)
+
+test: install ## Run the fast tests (the default CI gate)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install ## Run only the slow tests (subprocess DDP, sweeps, full-set parity)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install ## Run every test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+complexity: install ## Print the Table 5 complexity comparison
+	$(PY) -m dgggan_pl.complexity
+
+clean: ## Remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache outputs multirun wandb demo_outputs
+
+.PHONY: help install test test-slow test-all lint format complexity clean

@@ -1,0 +1,50 @@
+"""Shared fixtures: the benchmark data folder and composing the real Hydra configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from dgggan_pl.config import compose_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV = "DGGGAN_DATA_DIR"
+REQUIRE_ENV = "DGGGAN_REQUIRE_DATA"
+
+
+def _default_data_dir() -> Path:
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real-data folder (`$DGGGAN_DATA_DIR`, default `../shared/data`).
+
+    Skips when absent (a user's fresh machine); fails instead when `DGGGAN_REQUIRE_DATA=1` (CI).
+    """
+    path = Path(os.environ.get(DATA_ENV, _default_data_dir())).resolve()
+    if not (path / "sr-benchmarks").is_dir():
+        reason = f"benchmark data not found at {path} (set {DATA_ENV} to a folder holding sr-benchmarks/)"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason}; {REQUIRE_ENV}=1 forbids skipping")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def benchmark_dir(data_dir: Path) -> Path:
+    return data_dir / "sr-benchmarks"
+
+
+@pytest.fixture
+def compose() -> Callable[..., DictConfig]:
+    """`compose(["model=dgggan_lite", ...], config_name="train")` -> the composed real config."""
+
+    def _compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+        return compose_config(overrides, config_name=config_name)
+
+    return _compose
