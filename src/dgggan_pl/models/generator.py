@@ -1,0 +1,144 @@
+"""The DGGGAN generator: an image branch and a gradient branch with deep gradient guidance (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from dgggan_pl.models.blocks import (
+    EnhancedMultiScaleResidualBlock,
+    UpsampleTail,
+    conv3x3,
+    scaled_kaiming_init_,
+)
+from dgggan_pl.models.gradient import GradientMagnitude
+
+
+class GeneratorOutput(NamedTuple):
+    """`sr`: `(B, 3, H, W)` SR image; `grad_map`: `(B, 3, H, W)` SR gradient map, None without the branch."""
+
+    sr: Tensor
+    grad_map: Tensor | None
+
+
+class SRBranch(nn.Module):
+    """One branch: head conv, B EMSRBs, trunk conv with a long skip, x`scale` tail to HR features.
+
+    The generator steps through `blocks` itself, so that it can inject between the two branches.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_blocks: int,
+        scale: int,
+        use_se: bool,
+        se_reduction: int,
+        negative_slope: float,
+    ) -> None:
+        super().__init__()
+        self.head = conv3x3(in_channels, channels)
+        self.blocks = nn.ModuleList(
+            EnhancedMultiScaleResidualBlock(channels, use_se, se_reduction, negative_slope)
+            for _ in range(num_blocks)
+        )
+        self.trunk = conv3x3(channels, channels)
+        self.tail = UpsampleTail(channels, scale, negative_slope)
+
+    def upsample(self, features: Tensor, head_features: Tensor) -> Tensor:
+        """Trunk conv + long skip from the head, then the HR tail: `(B, C, h, w)` -> `(B, C, sh, sw)`."""
+        return self.tail(self.trunk(features) + head_features)
+
+
+class DGGGANGenerator(nn.Module):
+    """x`scale` generator. `forward(lr)`: `(B, 3, h, w)` in [0, 1] -> `GeneratorOutput` at `(B, 3, sh, sw)`.
+
+    Args:
+        in_channels: image channels (3).
+        channels: width C of both branches (64 parameter-faithful, 32 FLOPs-faithful; DESIGN.md §1).
+        num_blocks: EMSRBs per branch.
+        injection_blocks: 1-based image-block indices after which G(image features) is added to the
+            gradient branch's features at the same depth.
+        scale: upscaling factor (power of two).
+        use_gradient_branch: False (ablation no_grad) builds no gradient branch at all.
+        use_se: False (ablation no_se) builds no SE module.
+        se_reduction: SE bottleneck ratio r (C -> C/r).
+        negative_slope: LeakyReLU slope.
+        init_scale: Kaiming-normal weights are multiplied by this.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: int = 64,
+        num_blocks: int = 10,
+        injection_blocks: Sequence[int] = (3, 6, 9),
+        scale: int = 4,
+        use_gradient_branch: bool = True,
+        use_se: bool = True,
+        se_reduction: int = 16,
+        negative_slope: float = 0.2,
+        init_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        injection = tuple(int(i) for i in injection_blocks)
+        bad = [i for i in injection if not 1 <= i <= num_blocks]
+        if bad:
+            raise ValueError(
+                f"model.generator.injection_blocks {list(injection)} has indices {bad} outside "
+                f"1..num_blocks={num_blocks}"
+            )
+        self.in_channels = in_channels
+        self.scale = scale
+        self.use_gradient_branch = use_gradient_branch
+        self.injection_blocks = frozenset(injection)
+        branch_args = (in_channels, channels, num_blocks, scale, use_se, se_reduction, negative_slope)
+        self.image_branch = SRBranch(*branch_args)
+        if use_gradient_branch:
+            self.gradient = GradientMagnitude()
+            self.gradient_branch = SRBranch(*branch_args)
+            self.gradient_out = conv3x3(channels, in_channels)
+            self.fusion = nn.Sequential(
+                conv3x3(2 * channels, channels), nn.LeakyReLU(negative_slope, inplace=True)
+            )
+        self.image_out = conv3x3(channels, in_channels)
+        scaled_kaiming_init_(self, init_scale)
+
+    def _check_input(self, lr: Tensor) -> None:
+        if lr.dim() != 4 or lr.shape[1] != self.in_channels:
+            raise ValueError(
+                f"DGGGANGenerator expects an LR batch of shape (B, {self.in_channels}, h, w), "
+                f"got shape {tuple(lr.shape)}; add a batch dimension with lr.unsqueeze(0) if needed"
+            )
+        if not lr.is_floating_point():
+            raise ValueError(f"DGGGANGenerator expects a float LR tensor in [0, 1], got dtype {lr.dtype}")
+
+    def forward(self, lr: Tensor) -> GeneratorOutput:
+        """`(B, 3, h, w)` in [0, 1] -> SR image and SR gradient map, both `(B, 3, scale*h, scale*w)`."""
+        self._check_input(lr)
+        if not self.use_gradient_branch:
+            image_head = self.image_branch.head(lr)
+            features = image_head
+            for block in self.image_branch.blocks:
+                features = block(features)
+            return GeneratorOutput(self.image_out(self.image_branch.upsample(features, image_head)), None)
+        return self._forward_two_branches(lr)
+
+    def _forward_two_branches(self, lr: Tensor) -> GeneratorOutput:
+        image_head = self.image_branch.head(lr)
+        grad_head = self.gradient_branch.head(self.gradient(lr))
+        image_feat, grad_feat = image_head, grad_head
+        blocks = zip(self.image_branch.blocks, self.gradient_branch.blocks, strict=True)
+        for index, (image_block, grad_block) in enumerate(blocks, start=1):
+            image_feat = image_block(image_feat)
+            grad_feat = grad_block(grad_feat)
+            if index in self.injection_blocks:
+                grad_feat = grad_feat + self.gradient(image_feat)
+        image_hr = self.image_branch.upsample(image_feat, image_head)
+        grad_hr = self.gradient_branch.upsample(grad_feat, grad_head)
+        sr = self.image_out(self.fusion(torch.cat([image_hr, grad_hr], dim=1)))
+        return GeneratorOutput(sr, self.gradient_out(grad_hr))
