@@ -48,3 +48,33 @@ def compose() -> Callable[..., DictConfig]:
         return compose_config(overrides, config_name=config_name)
 
     return _compose
+
+
+# A tiny generator in the layout of a training checkpoint (inference tests: weights, upscale, export).
+TINY_GENERATOR_CONFIG = {
+    "_target_": "dgggan_pl.models.generator.DGGGANGenerator",
+    "channels": 8,
+    "num_blocks": 2,
+    "injection_blocks": [1],
+    "se_reduction": 4,
+}
+
+
+@pytest.fixture
+def tiny_generator_checkpoint(tmp_path: Path) -> Callable[..., Path]:
+    """`make(name="tiny.ckpt", ema=False, **generator_overrides)` -> a Lightning-style `.ckpt` of a random tiny
+    generator: `state_dict` keys `generator.*` (+ `generator_ema.*`), `hyper_parameters["model"]["generator"]`."""
+    import torch
+    from hydra.utils import instantiate
+
+    def _make(name: str = "tiny.ckpt", ema: bool = False, **overrides: object) -> Path:
+        config = {**TINY_GENERATOR_CONFIG, **overrides}
+        torch.manual_seed(0)
+        state = {f"generator.{k}": v for k, v in instantiate(config).state_dict().items()}
+        if ema:
+            state |= {f"generator_ema.{k}": v for k, v in instantiate(config).state_dict().items()}
+        path = tmp_path / name
+        torch.save({"state_dict": state, "hyper_parameters": {"model": {"generator": config}}}, path)
+        return path
+
+    return _make
