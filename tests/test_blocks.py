@@ -1,0 +1,80 @@
+"""SE, the enhanced multi-scale residual block and the upsampling tail (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dgggan_pl.models.blocks import (
+    EnhancedMultiScaleResidualBlock,
+    SqueezeExcitation,
+    UpsampleTail,
+    scaled_kaiming_init_,
+)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_emsrb_parameter_count_at_c64() -> None:
+    # 3x3 + 5x5 (C->C), 3x3 + 5x5 (2C->2C), 1x1 6C->C, SE 580 (anchors.md §5: 721,924 per block).
+    with_se = EnhancedMultiScaleResidualBlock(64, use_se=True, se_reduction=16, negative_slope=0.2)
+    without_se = EnhancedMultiScaleResidualBlock(64, use_se=False, se_reduction=16, negative_slope=0.2)
+    assert _params(with_se) == 721_924
+    assert _params(without_se) == 721_924 - 580
+    assert not any(isinstance(m, SqueezeExcitation) for m in without_se.modules())
+
+
+def test_emsrb_fuses_all_four_branch_outputs() -> None:
+    block = EnhancedMultiScaleResidualBlock(8, use_se=True, se_reduction=4, negative_slope=0.2)
+    assert block.fuse.in_channels == 6 * 8 and block.fuse.kernel_size == (1, 1)
+    x = torch.rand(2, 8, 5, 9)
+    assert block(x).shape == x.shape
+
+
+def test_emsrb_is_identity_when_fuse_is_zero() -> None:
+    block = EnhancedMultiScaleResidualBlock(8, use_se=False, se_reduction=4, negative_slope=0.2)
+    nn.init.zeros_(block.fuse.weight)
+    nn.init.zeros_(block.fuse.bias)
+    x = torch.rand(1, 8, 6, 6)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_se_scales_each_channel_by_a_gate_in_unit_interval() -> None:
+    se = SqueezeExcitation(16, reduction=4)
+    x = torch.rand(2, 16, 7, 7) + 0.1
+    ratio = se(x) / x
+    # One gate per (sample, channel), constant over space, strictly between 0 and 1.
+    torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))
+    assert ratio.min() > 0 and ratio.max() < 1
+
+
+def test_se_rejects_reduction_larger_than_channels() -> None:
+    with pytest.raises(ValueError, match="se_reduction"):
+        SqueezeExcitation(8, reduction=16)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_upsample_tail_scales_spatial_size(scale: int) -> None:
+    tail = UpsampleTail(4, scale, negative_slope=0.2)
+    assert tail(torch.rand(1, 4, 3, 5)).shape == (1, 4, 3 * scale, 5 * scale)
+
+
+@pytest.mark.parametrize("scale", [1, 3, 6])
+def test_upsample_tail_rejects_non_power_of_two(scale: int) -> None:
+    with pytest.raises(ValueError, match="scale"):
+        UpsampleTail(4, scale, negative_slope=0.2)
+
+
+def test_scaled_kaiming_init_statistics() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3)
+    scaled_kaiming_init_(conv, 0.1)
+    fan_in = 64 * 9
+    expected_std = 0.1 * math.sqrt(2.0 / fan_in)
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert torch.count_nonzero(conv.bias) == 0
