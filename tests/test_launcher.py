@@ -1,0 +1,193 @@
+"""hydra/launcher=ddp: command construction, environment cleaning, quoting, and a toy sweep (no torch jobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from omegaconf import OmegaConf
+
+from dgggan_pl.config import config_dir
+from dgggan_pl.launch.commands import (
+    RANK_ENTRY_MODULE,
+    AppTarget,
+    clean_env,
+    job_command,
+    process_count,
+    quote_override_value,
+    with_wandb_group,
+)
+from dgggan_pl.launch.rank_entry import rank_overrides
+from dgggan_pl.launch.summary import read_summary
+
+
+def test_plugin_is_discovered_and_default_for_train() -> None:
+    """The namespace package in src/ is found by Hydra, and train's sweeps use it without an override."""
+    assert "DDPLauncher" in {cls.__name__ for cls in Plugins.instance().discover(Launcher)}
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    assert cfg.hydra.runtime.choices["hydra/launcher"] == "ddp"
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.dgggan_launchers.ddp_launcher.DDPLauncher"
+
+
+def test_clean_env_drops_process_group_state() -> None:
+    leaked = {
+        "LOCAL_RANK": "0",
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_PORT": "29500",
+        "MASTER_ADDR": "x",
+        "NODE_RANK": "0",
+        "TORCHELASTIC_RUN_ID": "r",
+        "SLURM_NTASKS": "8",
+        "PATH": "/bin",
+        "WANDB_MODE": "offline",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+    }
+    assert clean_env(leaked) == {"PATH": "/bin", "WANDB_MODE": "offline", "CUDA_VISIBLE_DEVICES": "0,1"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/tmp/sweep/0_ablation=no_grad,debug=smoke", "/a b/it's", "/x\\'y", "/ends\\", "${not.resolved}"],
+)
+def test_quoted_run_dir_survives_hydra_parsing(value: str) -> None:
+    override = OverridesParser.create().parse_override(f"hydra.run.dir={quote_override_value(value)}")
+    assert not override.is_sweep_override()
+    if "${" not in value:
+        assert override.value() == value
+
+
+@pytest.mark.parametrize(
+    ("devices", "accelerator", "strategy", "cuda", "expected"),
+    [
+        (2, "cpu", "ddp_find_unused_parameters_true", 0, 2),
+        ("4", "gpu", "ddp", 8, 4),
+        ([0, 3], "gpu", "ddp", 8, 2),
+        ("auto", "gpu", "ddp", 8, 8),
+        (-1, "auto", "ddp", 2, 2),
+        (4, "gpu", "ddp_spawn_find_unused_parameters_true", 8, 1),
+    ],
+)
+def test_process_count(devices: object, accelerator: str, strategy: str, cuda: int, expected: int) -> None:
+    assert process_count(devices, accelerator, strategy, cuda) == expected
+
+
+@pytest.mark.parametrize("devices", ["auto", 0, -1])
+def test_process_count_refuses_to_guess(devices: object) -> None:
+    with pytest.raises(ValueError, match="trainer.devices"):
+        process_count(devices, "cpu", "ddp", cuda_device_count=0)
+
+
+def test_job_command_one_and_many_processes(tmp_path: Path) -> None:
+    app = AppTarget(module="dgggan_pl.train")
+    out = tmp_path / "0_ablation=no_grad"
+    single = job_command(app, ["ablation=no_grad"], out, 0, nproc=1, python="py")
+    assert single[:4] == ["py", "-m", "dgggan_pl.train", "ablation=no_grad"]
+    assert single[4:] == [f"hydra.run.dir='{out}'", "hydra.job.num=0"]
+    multi = job_command(app, ["ablation=no_grad"], out, 3, nproc=2, python="py")
+    assert multi[:8] == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        RANK_ENTRY_MODULE,
+        "dgggan_pl.train",
+    ]
+    assert multi[8:] == ["ablation=no_grad", f"hydra.run.dir='{out}'", "hydra.job.num=3"]
+    script = AppTarget(script=tmp_path / "app.py")
+    assert job_command(script, [], out, 0, nproc=1, python="py")[1] == str(tmp_path / "app.py")
+
+
+def test_rank_overrides_keep_nonzero_ranks_off_hydra_files() -> None:
+    assert rank_overrides("dgggan_pl.train", 0) == []
+    assert rank_overrides("dgggan_pl.train", 1) == ["hydra.output_subdir=null", "hydra.job.name=train_rank1"]
+    assert rank_overrides("/x/my_app.py", 3)[1] == "hydra.job.name=my_app_rank3"
+
+
+def test_wandb_group_only_where_the_job_logs_to_wandb() -> None:
+    with_wandb = OmegaConf.create({"logger": {"wandb": {"group": None}}})
+    without = OmegaConf.create({"logger": None})
+    assert with_wandb_group(["a=1"], with_wandb, "logger.wandb.group", "sw/1") == [
+        "a=1",
+        "logger.wandb.group='sw/1'",
+    ]
+    assert with_wandb_group(["a=1"], without, "logger.wandb.group", "sw/1") == ["a=1"]
+    own = ["logger.wandb.group=mine"]
+    assert with_wandb_group(own, with_wandb, "logger.wandb.group", "sw/1") == own
+
+
+TOY_APP = """
+import json, os
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+@hydra.main(config_path="conf", config_name="cfg", version_base="1.3")
+def main(cfg):
+    out = HydraConfig.get().runtime.output_dir
+    env = {k: os.environ.get(k) for k in ("LOCAL_RANK", "MASTER_PORT", "WORLD_SIZE")}
+    record = {"value": cfg.value, "env": env, "group": cfg.logger.wandb.group, "mode": str(HydraConfig.get().mode)}
+    with open(os.path.join(out, "job.json"), "w") as handle:
+        json.dump(record, handle)
+    if cfg.value == "bad":
+        raise ValueError("deliberate failure")
+
+if __name__ == "__main__":
+    main()
+"""
+
+TOY_CONFIG = """
+defaults:
+  - override hydra/launcher: ddp
+value: a
+trainer: {devices: 1, num_nodes: 1, accelerator: cpu, strategy: auto}
+logger: {wandb: {group: null}}
+hydra:
+  sweep:
+    dir: SWEEP_DIR
+    subdir: ${hydra.job.num}_${hydra.job.override_dirname}
+"""
+
+
+def test_toy_sweep_runs_each_job_fresh_and_reports_failure(tmp_path: Path) -> None:
+    """Three 1-process jobs of a toy app: one fails, the others complete; env leaks never reach a job."""
+    (tmp_path / "conf" / "hydra" / "launcher").mkdir(parents=True)
+    shutil.copy(config_dir() / "hydra" / "launcher" / "ddp.yaml", tmp_path / "conf" / "hydra" / "launcher")
+    sweep = tmp_path / "sweep"
+    (tmp_path / "conf" / "cfg.yaml").write_text(TOY_CONFIG.replace("SWEEP_DIR", str(sweep)))
+    (tmp_path / "app.py").write_text(TOY_APP)
+    env = {**os.environ, "LOCAL_RANK": "0", "MASTER_PORT": "1234", "WORLD_SIZE": "2"}
+    proc = subprocess.run(
+        [sys.executable, "app.py", "-m", "value=a,bad,c"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "1 of 3 sweep jobs failed: #1 (value=bad)" in proc.stderr + proc.stdout
+    records = read_summary(sweep)
+    assert [(r.num, r.status, r.processes) for r in records] == [
+        (0, "completed", 1),
+        (1, "failed", 1),
+        (2, "completed", 1),
+    ]
+    jobs = sorted(sweep.glob("*/job.json"))
+    assert [p.parent.name for p in jobs] == ["0_value=a", "1_value=bad", "2_value=c"]
+    for path in jobs:
+        record = json.loads(path.read_text())
+        assert record["env"] == {"LOCAL_RANK": None, "MASTER_PORT": None, "WORLD_SIZE": None}
+        assert record["group"] == str(sweep) and record["mode"] == "RunMode.RUN"
+        assert (path.parent / ".hydra" / "overrides.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.py", "conf", "sweep"]  # one sweep folder
