@@ -29,16 +29,29 @@ def check_pair_sizes(lr: Tensor, hr: Tensor, scale: int, lr_name: str, hr_name: 
         )
 
 
+def _check_crop_fits(height: int, width: int, size: int, what: str, name: str) -> None:
+    if height < size or width < size:
+        raise ValueError(
+            f"{name}: {what} image {width}x{height} is smaller than the crop {size}x{size}; remove the image "
+            "or lower the top-level config key `hr_patch_size`"
+        )
+
+
+def random_crop(image: Tensor, size: int, generator: torch.Generator, name: str = "image") -> Tensor:
+    """A random `(C, size, size)` window of `(C, H, W)` (HR crops whose LR is generated afterwards)."""
+    height, width = image.shape[-2:]
+    _check_crop_fits(height, width, size, "HR", name)
+    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+    return image[..., top : top + size, left : left + size]
+
+
 def random_aligned_crop(
     lr: Tensor, hr: Tensor, lr_patch: int, scale: int, generator: torch.Generator, name: str = "image"
 ) -> tuple[Tensor, Tensor]:
     """Random aligned crops: `(C, h, w)`, `(C, s*h, s*w)` -> `(C, p, p)`, `(C, s*p, s*p)` with p = `lr_patch`."""
     lr_h, lr_w = lr.shape[-2:]
-    if lr_h < lr_patch or lr_w < lr_patch:
-        raise ValueError(
-            f"{name}: LR image {lr_w}x{lr_h} is smaller than the LR crop {lr_patch}x{lr_patch} "
-            f"(hr_patch_size / scale); remove the image or lower `hr_patch_size`"
-        )
+    _check_crop_fits(lr_h, lr_w, lr_patch, "LR", name)
     top = int(torch.randint(0, lr_h - lr_patch + 1, (1,), generator=generator))
     left = int(torch.randint(0, lr_w - lr_patch + 1, (1,), generator=generator))
     hr_patch = lr_patch * scale
@@ -56,18 +69,10 @@ def dihedral(image: Tensor, index: int) -> Tensor:
     return torch.rot90(image, k=index % 4, dims=(-2, -1))
 
 
-def random_dihedral(
-    lr: Tensor, hr: Tensor, generator: torch.Generator, hflip: bool = True, rotate: bool = True
-) -> tuple[Tensor, Tensor]:
-    """Apply the same random flip/rotation to both images.
-
-    With `hflip` and `rotate` (the default) all 8 dihedral transforms are equally likely, which is exactly
-    "random horizontal flip, vertical flip and 90-degree rotation" (ESRGAN/SPSR's augment).
-    """
-    choices = [0]
-    if rotate:
-        choices = [0, 1, 2, 3]
+def random_dihedral_index(generator: torch.Generator, hflip: bool = True, rotate: bool = True) -> int:
+    """Draw a `dihedral` index. With `hflip` and `rotate` (the default) all 8 transforms are equally likely,
+    which is exactly "random horizontal flip, vertical flip and 90-degree rotation" (ESRGAN/SPSR's augment)."""
+    choices = [0, 1, 2, 3] if rotate else [0]
     if hflip:
         choices = choices + [c + _NUM_DIHEDRAL // 2 for c in choices]
-    index = choices[int(torch.randint(0, len(choices), (1,), generator=generator))]
-    return dihedral(lr, index).contiguous(), dihedral(hr, index).contiguous()
+    return choices[int(torch.randint(0, len(choices), (1,), generator=generator))]

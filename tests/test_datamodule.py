@@ -1,0 +1,178 @@
+"""SRDataModule from the real configs: shapes, alignment, reproducibility, DDP sharding, bad input."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+
+from dgggan_pl.data.datamodule import SRDataModule
+from dgggan_pl.data.datasets import FolderPairs, TrainPatchDataset
+from dgggan_pl.data.imresize import imresize
+from dgggan_pl.data.sample import SampleImages
+from dgggan_pl.data.samplers import EpochSeededSampler, evaluation_sampler
+
+SCALE = 4
+PATCH = 32  # HR crop in these tests (LR 8): tiny and fast
+
+
+def _batch_ok(batch: dict, batch_size: int, lr_size: int | None = None) -> None:
+    lr, hr = batch["lr"], batch["hr"]
+    assert lr.dim() == hr.dim() == 4 and lr.shape[:2] == (batch_size, 3) and hr.shape[:2] == (batch_size, 3)
+    assert hr.shape[-2:] == (lr.shape[-2] * SCALE, lr.shape[-1] * SCALE)
+    if lr_size is not None:
+        assert lr.shape[-2:] == (lr_size, lr_size)
+    for t in (lr, hr):
+        assert t.dtype == torch.float32 and t.min() >= 0 and t.max() <= 1
+    assert isinstance(batch["name"], list) and all(isinstance(n, str) for n in batch["name"])
+
+
+def _write_block_pairs(root: Path, count: int = 3, lr_size: int = 16) -> tuple[Path, Path]:
+    """HR = each LR pixel repeated in an s x s block, so `hr[::s, ::s] == lr` exposes any misalignment."""
+    rng = np.random.default_rng(1)
+    hr_dir, lr_dir = root / "hr_sub", root / "lr_sub"
+    hr_dir.mkdir(parents=True)
+    lr_dir.mkdir(parents=True)
+    for i in range(count):
+        lr = rng.integers(0, 256, (lr_size, lr_size + 4, 3), dtype=np.uint8)
+        Image.fromarray(lr).save(lr_dir / f"{i:04d}_s001.png")
+        Image.fromarray(lr.repeat(SCALE, 0).repeat(SCALE, 1)).save(hr_dir / f"{i:04d}_s001.png")
+    return hr_dir, lr_dir
+
+
+@pytest.fixture(scope="module")
+def sample_cfg() -> DictConfig:
+    from dgggan_pl.config import compose_config
+
+    return compose_config(["data=sample", f"hr_patch_size={PATCH}"])
+
+
+def test_sample_set_loads_without_network(sample_cfg: DictConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    datamodule = instantiate(sample_cfg.data)
+    assert isinstance(datamodule, SRDataModule)
+    assert datamodule.val_set_names == ["Sample"] and datamodule.test_set_names == ["Sample"]
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    _batch_ok(batch, sample_cfg.data.batch_size, PATCH // SCALE)
+    val_loaders = datamodule.val_dataloader()
+    assert len(val_loaders) == 1
+    names = [b["name"][0] for b in val_loaders[0]]
+    assert names == list(sample_cfg.data.val_sources.Sample.names)
+    datamodule.setup("test")
+    for item in datamodule.test_dataloader()[0]:
+        _batch_ok(item, 1)
+
+
+def test_div2k_config_on_prepared_folders(
+    compose: Callable[..., DictConfig], tmp_path: Path, benchmark_dir: Path
+) -> None:
+    hr_dir, lr_dir = _write_block_pairs(tmp_path)
+    cfg = compose(
+        [
+            f"hr_patch_size={PATCH}",
+            f"paths.benchmark_dir={benchmark_dir}",
+            f"data.train_source.hr_dir={hr_dir}",
+            f"data.train_source.lr_dir={lr_dir}",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+            "data.test_sets=[Set5,Set14]",
+        ]
+    )
+    datamodule = instantiate(cfg.data)
+    assert datamodule.val_set_names == ["Set5", "Set14"] and datamodule.test_set_names == ["Set5", "Set14"]
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    assert len(loader) == 1  # 3 sub-images, batch 2, drop_last
+    batch = next(iter(loader))
+    _batch_ok(batch, 2, PATCH // SCALE)
+    # Aligned through crop + flip/rotation: the top-left pixel of each HR block is its LR pixel.
+    assert torch.equal(batch["hr"][..., ::SCALE, ::SCALE], batch["lr"])
+    datamodule.setup("test")
+    lengths = [len(loader) for loader in datamodule.test_dataloader()]
+    assert lengths == [5, 14]
+
+
+def test_generated_lr_is_imresize_of_hr_crop() -> None:
+    """On-the-fly LR is exactly imresize of the (cropped, flipped, rotated) HR patch."""
+    dataset = TrainPatchDataset(
+        SampleImages(["astronaut"]), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=16
+    )
+    for index in range(16):
+        item = dataset[(0, index)]
+        hr = (item["hr"] * 255).round().to(torch.uint8)
+        lr = (item["lr"] * 255).round().to(torch.uint8)
+        assert torch.equal(imresize(hr, scale=1 / SCALE), lr)
+
+
+def _stream(dataset: TrainPatchDataset, num_workers: int, epoch: int, seed: int = 0) -> torch.Tensor:
+    sampler = EpochSeededSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=num_workers)
+    return torch.cat([batch["hr"] for batch in loader])
+
+
+def test_augmentation_reproducible_across_worker_counts(tmp_path: Path) -> None:
+    hr_dir, lr_dir = _write_block_pairs(tmp_path)
+    dataset = TrainPatchDataset(
+        FolderPairs(hr_dir, lr_dir, SCALE), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=8
+    )
+    reference = _stream(dataset, num_workers=0, epoch=0)
+    assert torch.equal(reference, _stream(dataset, num_workers=2, epoch=0))
+    assert not torch.equal(reference, _stream(dataset, num_workers=0, epoch=1))
+    dataset_other_seed = TrainPatchDataset(
+        FolderPairs(hr_dir, lr_dir, SCALE), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=8, seed=1
+    )
+    assert not torch.equal(reference, _stream(dataset_other_seed, num_workers=0, epoch=0, seed=1))
+
+
+def test_ddp_shards_partition_training_and_evaluation() -> None:
+    keys = [
+        list(EpochSeededSampler(range(10), num_replicas=2, rank=r, shuffle=True, seed=3, drop_last=True))
+        for r in (0, 1)
+    ]
+    assert not set(keys[0]) & set(keys[1])
+    assert sorted(i for _, i in keys[0] + keys[1]) == list(range(10))
+    shards = [list(evaluation_sampler(range(5), num_replicas=2, rank=r)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(5))  # every image exactly once, none padded in
+    assert list(evaluation_sampler(range(5), num_replicas=1, rank=0)) == list(range(5))
+
+
+def test_patch_not_divisible_names_key(compose: Callable[..., DictConfig]) -> None:
+    cfg = compose(["data=sample", "hr_patch_size=50"])
+    with pytest.raises(InstantiationException, match="hr_patch_size"):
+        instantiate(cfg.data)
+
+
+def test_bad_training_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dgggan_pl.prepare"):
+        FolderPairs(tmp_path / "missing", None, SCALE)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        FolderPairs(tmp_path / "empty", None, SCALE)
+    hr_dir, lr_dir = _write_block_pairs(tmp_path / "pairs", count=2)
+    (lr_dir / "0001_s001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="0001_s001"):
+        FolderPairs(hr_dir, lr_dir, SCALE)
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(lr_dir / "0001_s001.png")
+    dataset = TrainPatchDataset(FolderPairs(hr_dir, lr_dir, SCALE), scale=SCALE, hr_patch_size=PATCH)
+    with pytest.raises(ValueError, match="0001_s001.png.*size mismatch|size mismatch.*0001_s001.png"):
+        dataset[1]
+
+
+def test_image_smaller_than_crop_named() -> None:
+    dataset = TrainPatchDataset(SampleImages(["chelsea"]), scale=SCALE, hr_patch_size=512)
+    with pytest.raises(ValueError, match="chelsea.*smaller than the crop"):
+        dataset[0]
