@@ -26,7 +26,7 @@ from dgggan_pl.launch.commands import (
     quote_override_value,
     with_wandb_group,
 )
-from dgggan_pl.launch.rank_entry import rank_overrides
+from dgggan_pl.launch.rank_entry import app_job_name, rank_overrides
 from dgggan_pl.launch.summary import read_summary
 
 
@@ -76,16 +76,18 @@ def test_quoted_run_dir_survives_hydra_parsing(value: str) -> None:
         ("auto", "gpu", "ddp", 8, 8),
         (-1, "auto", "ddp", 2, 2),
         (4, "gpu", "ddp_spawn_find_unused_parameters_true", 8, 1),
+        ("auto", "cpu", "auto", 8, 1),
+        ("auto", "auto", "auto", 0, 1),
     ],
 )
 def test_process_count(devices: object, accelerator: str, strategy: str, cuda: int, expected: int) -> None:
     assert process_count(devices, accelerator, strategy, cuda) == expected
 
 
-@pytest.mark.parametrize("devices", ["auto", 0, -1])
-def test_process_count_refuses_to_guess(devices: object) -> None:
+@pytest.mark.parametrize(("devices", "accelerator"), [("auto", "gpu"), (0, "cpu"), (-1, "cpu"), (-1, "gpu")])
+def test_process_count_refuses_to_guess(devices: object, accelerator: str) -> None:
     with pytest.raises(ValueError, match="trainer.devices"):
-        process_count(devices, "cpu", "ddp", cuda_device_count=0)
+        process_count(devices, accelerator, "ddp", cuda_device_count=0)
 
 
 def test_job_command_one_and_many_processes(tmp_path: Path) -> None:
@@ -111,9 +113,9 @@ def test_job_command_one_and_many_processes(tmp_path: Path) -> None:
 
 
 def test_rank_overrides_keep_nonzero_ranks_off_hydra_files() -> None:
-    assert rank_overrides("dgggan_pl.train", 0) == []
-    assert rank_overrides("dgggan_pl.train", 1) == ["hydra.output_subdir=null", "hydra.job.name=train_rank1"]
-    assert rank_overrides("/x/my_app.py", 3)[1] == "hydra.job.name=my_app_rank3"
+    assert rank_overrides("train", 0) == []
+    assert rank_overrides("train", 1) == ["hydra.output_subdir=null", "hydra.job.name=train_rank1"]
+    assert app_job_name("dgggan_pl.train") == "train" and app_job_name("/x/my_app.py") == "my_app"
 
 
 def test_wandb_group_only_where_the_job_logs_to_wandb() -> None:

@@ -37,6 +37,8 @@ LEAKY_ENV_NAMES = frozenset(
 )
 LEAKY_ENV_PREFIXES = ("TORCHELASTIC_", "SLURM_", "LSB_", "OMPI_", "PMI_")
 _ABSENT = object()
+# lightning.Trainer's own defaults, for trainer configs that leave these keys out.
+TRAINER_DEFAULTS = {"devices": "auto", "num_nodes": 1, "accelerator": "auto", "strategy": "auto"}
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,10 @@ def quote_override_value(value: str) -> str:
 
 
 def process_count(devices: Any, accelerator: Any, strategy: Any, cuda_device_count: int) -> int:
-    """How many processes torchrun must start for one job: `trainer.devices` resolved like Lightning does.
+    """How many processes torchrun must start for one job: `trainer.devices` resolved as Lightning does.
 
-    A spawn strategy (`ddp_spawn*`) starts its own workers from one process, so it gets one.
+    "auto" is one process on CPU and every visible GPU otherwise; -1 means every GPU. A spawn strategy
+    (`ddp_spawn*`) starts its own workers from one process, so it gets one.
     """
     if isinstance(strategy, str) and "spawn" in strategy:
         return 1
@@ -107,7 +110,10 @@ def process_count(devices: Any, accelerator: Any, strategy: Any, cuda_device_cou
         devices = int(devices)
     if isinstance(devices, int) and devices > 0:
         return devices
-    if devices in ("auto", -1) and accelerator in ("gpu", "cuda", "auto") and cuda_device_count > 0:
+    uses_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_device_count > 0)
+    if devices == "auto" and not uses_gpu and accelerator in ("cpu", "auto"):
+        return 1
+    if devices in ("auto", -1) and uses_gpu and cuda_device_count > 0:
         return cuda_device_count
     raise ValueError(
         f"hydra/launcher=ddp cannot tell how many processes to start from trainer.devices={devices!r} "
@@ -149,14 +155,9 @@ def job_command(
     ]
 
 
-def select_required(cfg: DictConfig, key: str) -> Any:
-    """`cfg[key]` (dotted, resolved), or an error naming the key and the launcher setting that points at it."""
-    value = OmegaConf.select(cfg, key, throw_on_missing=True, default=_ABSENT)
-    if value is _ABSENT:
-        raise KeyError(
-            f"config key {key!r} not found in the job's config; hydra/launcher=ddp reads it to size the job "
-            "(change hydra.launcher.*_key or pick a trainer config that defines it)"
-        )
+def select_trainer_value(cfg: DictConfig, key: str, lightning_default: Any) -> Any:
+    """`cfg[key]` (dotted, resolved); absent keys take the `lightning.Trainer` default they would get."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=True, default=lightning_default)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 

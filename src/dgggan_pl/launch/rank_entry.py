@@ -14,12 +14,16 @@ import sys
 from pathlib import Path
 
 
-def rank_overrides(app: str, rank: int) -> list[str]:
-    """Overrides that keep rank `rank` (> 0) from writing the job's `.hydra/` and `<name>.log` files."""
+def app_job_name(app: str) -> str:
+    """Hydra's default job name for an app: the script's or the module's last name (`train`)."""
+    return Path(app).stem if app.endswith(".py") else app.rsplit(".", 1)[-1]
+
+
+def rank_overrides(job_name: str, rank: int) -> list[str]:
+    """Overrides that keep rank `rank` (> 0) from writing the job's `.hydra/` and `<job_name>.log` files."""
     if rank == 0:
         return []
-    name = Path(app).stem if app.endswith(".py") else app.rsplit(".", 1)[-1]
-    return ["hydra.output_subdir=null", f"hydra.job.name={name}_rank{rank}"]
+    return ["hydra.output_subdir=null", f"hydra.job.name={job_name}_rank{rank}"]
 
 
 def main(argv: list[str]) -> None:
@@ -29,7 +33,7 @@ def main(argv: list[str]) -> None:
     if "RANK" not in os.environ:
         raise SystemExit("dgggan_pl.launch.rank_entry must run under torch.distributed.run (RANK is not set)")
     app, overrides = argv[0], argv[1:]
-    extra = rank_overrides(app, int(os.environ["RANK"]))
+    extra = rank_overrides(app_job_name(app), int(os.environ["RANK"]))
     if app.endswith(".py"):
         sys.argv = [app, *overrides, *extra]
         runpy.run_path(app, run_name="__main__")

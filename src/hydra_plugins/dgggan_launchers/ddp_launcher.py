@@ -22,12 +22,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from dgggan_pl.launch.commands import (
+    TRAINER_DEFAULTS,
     AppTarget,
     clean_env,
     current_app,
     job_command,
     process_count,
-    select_required,
+    select_trainer_value,
     with_wandb_group,
 )
 from dgggan_pl.launch.summary import JobRecord, write_summary
@@ -139,19 +140,18 @@ class DDPLauncher(Launcher):
         return sweep_config
 
     def _process_count(self, cfg: DictConfig) -> int:
-        num_nodes = select_required(cfg, self.keys["num_nodes"])
-        if num_nodes != 1:
+        value = {
+            name: select_trainer_value(cfg, key, TRAINER_DEFAULTS[name]) for name, key in self.keys.items()
+        }
+        if value["num_nodes"] != 1:
             raise ValueError(
-                f"{self.keys['num_nodes']}={num_nodes}: hydra/launcher=ddp runs on this machine only; "
+                f"{self.keys['num_nodes']}={value['num_nodes']}: hydra/launcher=ddp runs on this machine only; "
                 "use hydra/launcher=slurm for several nodes"
             )
         import torch  # imported here: plugin discovery must stay cheap
 
         return process_count(
-            select_required(cfg, self.keys["devices"]),
-            select_required(cfg, self.keys["accelerator"]),
-            select_required(cfg, self.keys["strategy"]),
-            torch.cuda.device_count(),
+            value["devices"], value["accelerator"], value["strategy"], torch.cuda.device_count()
         )
 
     def _child_overrides(self, job: JobRecord, cfg: DictConfig) -> list[str]:
@@ -159,21 +159,27 @@ class DDPLauncher(Launcher):
         return with_wandb_group(job.overrides, cfg, self.wandb_group_key, self.wandb_group)
 
     def _report(self, jobs: list[JobRecord], sweep_dir: Path, returns: list[JobReturn]) -> None:
-        """Log one line per job; make every failed job's return value name all failures."""
-        failed = [job for job in jobs if job.status != "completed"]
+        """Log one line per job, then name every failure in the sweep's error."""
         for job in jobs:
             log.info(f"#{job.num} {job.status:9s} {job.seconds or 0:7.1f} s  {job.output_dir or '-'}")
-        if not failed:
-            return
-        message = (
-            f"{len(failed)} of {len(jobs)} sweep jobs failed: "
-            + "; ".join(f"{job.label()}: {job.error}" for job in failed)
-            + f". Summary: {sweep_dir / 'sweep_summary.json'}"
-        )
-        log.error(message)
-        for ret in returns:
-            if ret.status == JobStatus.FAILED:
-                ret.return_value = SweepJobsFailed(message)
+        mark_failures(jobs, returns, sweep_dir)
+
+
+def mark_failures(jobs: list[JobRecord], returns: Sequence[JobReturn], sweep_dir: Path) -> None:
+    """Make every failed job's return value name all failures: Hydra's sweeper raises the first one it
+    reads, after all jobs ran, and the sweep then exits non-zero with this message."""
+    failed = [job for job in jobs if job.status != "completed"]
+    if not failed:
+        return
+    message = (
+        f"{len(failed)} of {len(jobs)} sweep jobs failed: "
+        + "; ".join(f"{job.label()}: {job.error}" for job in failed)
+        + f". Summary: {sweep_dir / 'sweep_summary.json'}"
+    )
+    log.error(message)
+    for ret in returns:
+        if ret.status == JobStatus.FAILED:
+            ret.return_value = SweepJobsFailed(message)
 
 
 def _split_config(sweep_config: DictConfig) -> tuple[DictConfig, DictConfig]:

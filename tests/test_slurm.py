@@ -1,0 +1,98 @@
+"""hydra/launcher=slurm: what submitit would be given (sbatch text), and the rank layout set on each job.
+
+No SLURM here: a stand-in `srun` on PATH only lets submitit pick its SLURM executor; nothing is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import setup_globals
+from hydra.types import HydraContext
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dgggan_pl.config import config_dir
+from hydra_plugins.dgggan_launchers.slurm_launcher import SlurmDDPLauncher
+
+LAYOUT = ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4", "hydra.launcher.partition=gpu"]
+
+
+@pytest.fixture
+def fake_srun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `srun` on PATH, so that submitit builds its SLURM executor (it checks `which srun`)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _hydra_config(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    setup_globals()  # registers `now`, used by hydra.sweep.dir
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)  # `${hydra.job.name}` in the launcher config
+    return cfg
+
+
+@pytest.fixture
+def launcher(tmp_path: Path, fake_srun: None) -> Iterator[SlurmDDPLauncher]:
+    cfg = _hydra_config(tmp_path, LAYOUT)
+    launcher = instantiate(cfg.hydra.launcher)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    context = HydraContext(config_loader=loader, callbacks=Callbacks())
+    launcher.setup(hydra_context=context, task_function=lambda _: None, config=cfg)
+    yield launcher
+    HydraConfig.instance().cfg = None
+
+
+def test_sbatch_parameters(launcher: SlurmDDPLauncher) -> None:
+    assert type(launcher).__name__ == "SlurmDDPLauncher"  # Hydra's plugin scan loads its own module copy
+    sbatch = launcher.make_executor()._executor._make_submission_file_text(command="python -m x", uid="u")
+    for line in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=4320",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --signal=USR2@120",
+    ]:
+        assert line in sbatch.splitlines(), f"{line} missing from:\n{sbatch}"
+    assert "srun" in sbatch
+
+
+def test_jobs_get_the_launcher_rank_layout(launcher: SlurmDDPLauncher) -> None:
+    overrides = launcher.job_overrides(["ablation=no_grad"])
+    assert overrides[:3] == ["ablation=no_grad", "++trainer.num_nodes=2", "++trainer.devices=4"]
+    job_cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    assert (job_cfg.trainer.num_nodes, job_cfg.trainer.devices) == (2, 4)
+    if OmegaConf.select(job_cfg, "logger.wandb") is not None:
+        assert job_cfg.logger.wandb.group == str(launcher.config.hydra.sweep.dir)
+
+
+def test_overriding_the_layout_in_the_trainer_is_refused(launcher: SlurmDDPLauncher) -> None:
+    with pytest.raises(ValueError, match=r"hydra\.launcher\.nodes"):
+        launcher.job_overrides(["trainer.devices=2"])
+
+
+def test_gpus_per_node_must_match_tasks(tmp_path: Path, fake_srun: None) -> None:
+    cfg = _hydra_config(tmp_path, [*LAYOUT, "hydra.launcher.gpus_per_node=8"])
+    with pytest.raises(ValueError, match="one DDP rank"):
+        instantiate(cfg.hydra.launcher).check_layout()
+    HydraConfig.instance().cfg = None
