@@ -1,0 +1,83 @@
+"""Checkpoint writing that survives a kill, and checkpoint selection that survives a missing metric."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+_WORST_SCORE = {"min": float("inf"), "max": float("-inf")}  # ModelCheckpoint's initial kth_value per mode
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` to a temp file in the target folder, fsync, then `os.replace`.
+
+    A kill at any point leaves either the previous file or the new one under the final name, never a
+    truncated checkpoint (local paths; `last.ckpt` is overwritten on every validation).
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+
+class MonitorFallbackCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose monitor falls back (with a warning) when its metric cannot be computed here.
+
+    The default monitor is the perception index (`val/Set14/pi`), which needs the Ma et al. model; where the
+    metrics backend reports it unavailable, `fallback_monitor`/`fallback_mode` are used instead, decided once
+    at setup (before any checkpoint state is restored, so resuming sees the same monitor).
+    """
+
+    def __init__(
+        self, *args: Any, fallback_monitor: str | None = None, fallback_mode: str = "max", **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self.fallback_monitor = fallback_monitor
+        self.fallback_mode = fallback_mode
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.monitor is not None and hasattr(pl_module, "unavailable_metrics"):
+            metric = self.monitor.rsplit("/", 1)[-1]
+            reason = pl_module.unavailable_metrics().get(metric)
+            if reason is not None:
+                if self.fallback_monitor is None:
+                    raise ValueError(
+                        f"callbacks.model_checkpoint.monitor={self.monitor} cannot be computed ({reason}); "
+                        "set callbacks.model_checkpoint.fallback_monitor or another monitor"
+                    )
+                log.warning(
+                    "checkpoint monitor %s is unavailable (%s); selecting checkpoints on %s (%s) instead",
+                    self.monitor,
+                    reason,
+                    self.fallback_monitor,
+                    self.fallback_mode,
+                )
+                if self.fallback_mode not in _WORST_SCORE:
+                    raise ValueError(f"fallback_mode must be min or max, got {self.fallback_mode!r}")
+                self.monitor, self.mode = self.fallback_monitor, self.fallback_mode
+                self.kth_value = torch.tensor(_WORST_SCORE[self.fallback_mode])
+        super().setup(trainer, pl_module, stage)

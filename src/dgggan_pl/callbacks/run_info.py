@@ -1,0 +1,125 @@
+"""Machine-readable run records: `run_info.json` (rank 0) and `ranks/rank<N>.json` (every rank).
+
+Sweeps and the report read these instead of scraping logs; they are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import Callback, LightningModule, Trainer
+from omegaconf import DictConfig, OmegaConf
+
+RUN_INFO_FILE = "run_info.json"
+RANK_DIR = "ranks"
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write to a temp file in the same folder, then `os.replace` it over `path` (readers never see half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    write_text_atomic(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
+
+
+def config_sha256(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved config as sorted YAML: equal on every rank of one run."""
+    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True).encode()).hexdigest()
+
+
+def param_shapes_sha256(module: Any) -> str:
+    """SHA-256 of every state-dict key with its shape: equal iff two ranks built the same networks."""
+    lines = [f"{name}:{tuple(t.shape)}" for name, t in sorted(module.state_dict().items())]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def git_revision() -> str | None:
+    """The checkout's HEAD commit, or None when the package does not run from a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """`<output_dir>/run_info.json`: status running -> completed | failed, with the final metrics."""
+
+    def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
+        self.path = output_dir / RUN_INFO_FILE
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "ablation": cfg.get("ablation", {}).get("name"),
+            "seed": cfg.get("seed"),
+            "git_rev": git_revision(),
+            "config_sha256": config_sha256(cfg),
+            "started": _now(),
+            "finished": None,
+            "error": None,
+            "metrics": {},
+        }
+
+    @rank_zero_only
+    def _write(self) -> None:
+        write_json_atomic(self.data, self.path)
+
+    def start(self) -> None:
+        self._write()
+
+    def complete(self, metrics: dict[str, float]) -> None:
+        self.data |= {"status": "completed", "finished": _now(), "metrics": metrics}
+        self._write()
+
+    def fail(self, error: BaseException) -> None:
+        message = "".join(traceback.format_exception_only(type(error), error)).strip()
+        self.data |= {"status": "failed", "finished": _now(), "error": message}
+        self._write()
+
+
+class RankRecord(Callback):
+    """Every rank writes `<output_dir>/ranks/rank<global_rank>.json` when fitting starts.
+
+    Sweeps check with it that all ranks of a job trained the same config and the same networks.
+    """
+
+    def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
+        self.config_sha256 = config_sha256(cfg)
+        self.output_dir = output_dir
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        record = {
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "config_sha256": self.config_sha256,
+            "param_shapes_sha256": param_shapes_sha256(pl_module),
+        }
+        write_json_atomic(record, self.output_dir / RANK_DIR / f"rank{trainer.global_rank}.json")

@@ -1,0 +1,360 @@
+"""DGGGANModule: the WGAN-GP training step, validation on benchmark sets, optimizers (DESIGN.md §3-4).
+
+One iteration = `optim.n_critic` updates of both critics, then one generator update (manual optimization).
+Before `optim.gan_start_iteration` (and always when the config builds no critics, e.g. `experiment=pretrain`)
+an iteration is a single generator update without adversarial terms.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from dgggan_pl.losses import (
+    GradientBranchLoss,
+    ImageGradientLoss,
+    PixelLoss,
+    WassersteinGeneratorLoss,
+)
+from dgggan_pl.models.generator import GeneratorOutput
+from dgggan_pl.models.gradient import gradient_magnitude
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "dgggan"  # our own entry in Lightning checkpoints: iteration counter and RNG states
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses: the run is diverging."""
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Eq. 7's weights: theta (percept), alpha (pixel), mu (grad_img), beta (adv), eps (adv_grad), eta (grad_branch)."""
+
+    percept: float
+    pixel: float
+    grad_img: float
+    adv: float
+    adv_grad: float
+    grad_branch: float
+
+
+class DGGGANModule(LightningModule):
+    """Generator + image critic + gradient critic, trained with eq. 7 (generator) and eq. 10 (critics).
+
+    Args (plain containers, e.g. `OmegaConf.to_container(cfg.model, resolve=True)`, so checkpoints hold no
+    objects and load with `torch.load(weights_only=True)`):
+        model: `cfg.model`: `generator`, `image_critic`, `gradient_critic` `_target_` configs (critics may be null).
+        loss: `cfg.loss`: `weights` (eq. 7), `perceptual` and `critic` `_target_` configs.
+        optim: `cfg.optim`: `generator`, `critic`, `scheduler` (`_partial_`), `n_critic`, `gan_start_iteration`,
+            `ema_decay` (null = no EMA), `max_consecutive_nonfinite`.
+        metrics: `cfg.metrics` (its `benchmark` node is a `_partial_` BenchmarkMetrics); null skips metrics.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.weights = LossWeights(**loss["weights"])
+        self.generator = instantiate(model["generator"])
+        self._check_objective(model)
+        # A critic exists only when its adversarial weight is > 0 (experiment=pretrain sets both to 0).
+        self.image_critic: nn.Module | None = (
+            instantiate(model["image_critic"]) if self.weights.adv > 0 else None
+        )
+        self.gradient_critic: nn.Module | None = (
+            instantiate(model["gradient_critic"]) if self.weights.adv_grad > 0 else None
+        )
+        self.generator_ema: nn.Module | None = None
+        if optim.get("ema_decay") is not None:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.pixel_loss = PixelLoss()
+        self.image_gradient_loss = ImageGradientLoss()
+        self.gradient_branch_loss = GradientBranchLoss()
+        self.adversarial_loss = WassersteinGeneratorLoss()
+        self.critic_loss = instantiate(loss["critic"]) if self.critics else None
+        # Frozen networks (VGG19, LPIPS in the metrics) are kept out of the module tree: they are not trained,
+        # not synchronised by DDP, and not written into checkpoints. `_move_frozen` puts them on our device.
+        self._frozen: dict[str, nn.Module] = {}
+        if self.weights.percept > 0:
+            self._frozen["perceptual"] = instantiate(loss["perceptual"])
+        self._metrics: dict[str, nn.Module] = {}
+        self.iteration = 0
+        self._consecutive_nonfinite = 0
+
+    # ------------------------------------------------------------------ construction helpers
+    def _check_objective(self, model: Mapping[str, Any]) -> None:
+        """Refuse weight/architecture combinations that cannot mean what the config says."""
+        w = self.weights
+        needs = {
+            "loss.weights.adv > 0 needs a model.image_critic config": w.adv > 0
+            and not model.get("image_critic"),
+            "loss.weights.adv_grad > 0 needs a model.gradient_critic config (ablation=no_grad sets adv_grad=0)": (
+                w.adv_grad > 0 and not model.get("gradient_critic")
+            ),
+            "loss.weights.grad_branch > 0 needs model.generator.use_gradient_branch=true": (
+                w.grad_branch > 0 and not self.generator.use_gradient_branch
+            ),
+        }
+        problems = [message for message, bad in needs.items() if bad]
+        if problems:
+            raise ValueError("Inconsistent objective: " + "; ".join(problems))
+
+    @property
+    def critics(self) -> list[nn.Module]:
+        return [c for c in (self.image_critic, self.gradient_critic) if c is not None]
+
+    @property
+    def gan_active(self) -> bool:
+        """Whether this iteration trains the critics and uses the adversarial terms."""
+        return bool(self.critics) and self.iteration >= self.hparams.optim.get("gan_start_iteration", 0)
+
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The generator used for validation, test and export: the EMA copy when EMA is on."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    def unavailable_metrics(self) -> dict[str, str]:
+        """Metric name -> reason, for metrics the BenchmarkMetrics backend cannot compute here."""
+        if self.hparams.metrics is None:
+            return {}
+        metrics = next(iter(self._metrics.values()), None)
+        if metrics is None:  # before setup (e.g. a callback asking early): build one to ask
+            metrics = instantiate(self.hparams.metrics["benchmark"])()
+        return dict(metrics.unavailable)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """One iteration: critic update(s) on the detached SR, then one generator update."""
+        lr, hr = batch["lr"], batch["hr"]
+        optimizers = self.optimizers()
+        opt_g, opt_d = (optimizers, None) if not isinstance(optimizers, list) else optimizers
+        out: GeneratorOutput = self.generator(lr)
+
+        if self.gan_active:
+            for _ in range(self.hparams.optim["n_critic"]):
+                self._optimize(opt_d, lambda: self._critic_objective(out.sr.detach(), hr), "critic")
+
+        self._optimize(opt_g, lambda: self._generator_objective(out, hr), "generator")
+
+        self._after_iteration()
+
+    def _critic_objective(self, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 10 for the image critic (on images) and the gradient critic (on G(.) maps), summed."""
+        loss, stats = sr.new_zeros(()), {}
+        if self.image_critic is not None:
+            loss_i, wdist, gp = self.critic_loss(self.image_critic, hr, sr)
+            loss = loss + loss_i
+            stats |= {"critic_wdist": wdist, "gp": gp, "loss_d": loss_i.detach()}
+        if self.gradient_critic is not None:
+            loss_g, wdist_g, gp_g = self.critic_loss(
+                self.gradient_critic, gradient_magnitude(hr), gradient_magnitude(sr)
+            )
+            loss = loss + loss_g
+            stats |= {"critic_grad_wdist": wdist_g, "gp_grad": gp_g, "loss_d_grad": loss_g.detach()}
+        return loss, stats
+
+    def _generator_objective(self, out: GeneratorOutput, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 7: weighted sum of the active terms; each unweighted term is returned for logging."""
+        w, sr = self.weights, out.sr
+        terms: dict[str, tuple[float, Tensor]] = {"loss_pixel": (w.pixel, self.pixel_loss(sr, hr))}
+        if w.percept > 0:
+            terms["loss_percept"] = (w.percept, self._frozen["perceptual"](sr, hr))
+        if w.grad_img > 0:
+            terms["loss_grad_img"] = (w.grad_img, self.image_gradient_loss(sr, hr))
+        if w.grad_branch > 0:
+            terms["loss_grad_branch"] = (w.grad_branch, self.gradient_branch_loss(out.grad_map, hr))
+        if self.gan_active:
+            if self.image_critic is not None:
+                terms["loss_adv"] = (w.adv, self.adversarial_loss(self.image_critic(sr)))
+            if self.gradient_critic is not None:
+                scores = self.gradient_critic(gradient_magnitude(sr))
+                terms["loss_adv_grad"] = (w.adv_grad, self.adversarial_loss(scores))
+        loss = sum(weight * term for weight, term in terms.values())
+        stats = {name: term.detach() for name, (_, term) in terms.items()} | {"loss_g": loss.detach()}
+        return loss, stats
+
+    def _optimize(self, optimizer: Any, objective: Any, name: str) -> None:
+        """toggle -> loss -> (skip if non-finite on any rank) -> manual_backward -> step -> untoggle."""
+        self.toggle_optimizer(optimizer)
+        loss, stats = objective()
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if finite:
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            self._consecutive_nonfinite = 0
+        else:
+            self._on_nonfinite(name, stats)
+        self.untoggle_optimizer(optimizer)
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, prog_bar=False)
+
+    def _on_nonfinite(self, name: str, stats: Mapping[str, Tensor]) -> None:
+        self._consecutive_nonfinite += 1
+        self.log(f"train/nonfinite_{name}", 1.0)
+        limit = self.hparams.optim["max_consecutive_nonfinite"]
+        bad = {k: float(v) for k, v in stats.items() if not torch.isfinite(v)}
+        log.warning("iteration %d: non-finite %s loss %s, step skipped", self.iteration, name, bad)
+        if self._consecutive_nonfinite >= limit:
+            raise NonFiniteLossError(
+                f"{self._consecutive_nonfinite} consecutive non-finite losses (last: {name} step at iteration "
+                f"{self.iteration}, terms {bad}); the run is diverging. Lower the learning rate (optim.*.lr), "
+                "check the data, or resume from an earlier checkpoint; optim.max_consecutive_nonfinite sets the limit"
+            )
+
+    def _after_iteration(self) -> None:
+        """Once per iteration: EMA update, scheduler steps, counters."""
+        if self.generator_ema is not None:
+            decay = self.hparams.optim["ema_decay"]
+            with torch.no_grad():
+                ema = list(self.generator_ema.parameters()) + list(self.generator_ema.buffers())
+                live = list(self.generator.parameters()) + list(self.generator.buffers())
+                torch._foreach_lerp_(ema, live, 1.0 - decay)
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+        self.iteration += 1
+        self.log("train/lr_g", self.optimizers_list()[0].param_groups[0]["lr"])
+        self.log("train/iteration", float(self.iteration), prog_bar=True)
+
+    def optimizers_list(self) -> list[Any]:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        """Adam for G and one Adam over both critics (Adam is per-parameter, so one or two is the same)."""
+        optim = self.hparams.optim
+        optimizers = [instantiate(optim["generator"])(self.generator.parameters())]
+        if self.critics:
+            critic_params = [p for critic in self.critics for p in critic.parameters()]
+            optimizers.append(instantiate(optim["critic"])(critic_params))
+        schedulers = [instantiate(optim["scheduler"])(o) for o in optimizers]
+        return optimizers, schedulers
+
+    # ------------------------------------------------------------------ validation and test
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.hparams.metrics is None or datamodule is None:
+            return
+        names = list(datamodule.val_set_names) + list(datamodule.test_set_names)
+        factory = instantiate(self.hparams.metrics["benchmark"])
+        for name in dict.fromkeys(names):
+            if name not in self._metrics:
+                self._metrics[name] = factory()  # it warns itself about metrics it cannot compute here
+
+    def _move_frozen(self) -> None:
+        for network in [*self._frozen.values(), *self._metrics.values()]:
+            network.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._move_frozen()
+
+    def on_validation_start(self) -> None:
+        self._move_frozen()
+
+    def on_test_start(self) -> None:
+        self._move_frozen()
+
+    def _eval_step(
+        self, batch: dict[str, Any], set_names: list[str], dataloader_idx: int
+    ) -> dict[str, Tensor]:
+        out = self.eval_generator(batch["lr"])
+        sr = out.sr.clamp(0, 1)
+        if self._metrics:
+            self._metrics[set_names[dataloader_idx]].update(sr.float(), batch["hr"].float())
+        return {"sr": sr, "grad_map": out.grad_map}
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        return self._eval_step(batch, self.trainer.datamodule.val_set_names, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self._eval_step(batch, self.trainer.datamodule.test_set_names, dataloader_idx)
+
+    def _log_metrics(self, prefix: str, set_names: list[str]) -> None:
+        for name in set_names:
+            if name not in self._metrics:
+                continue
+            for key, value in self._metrics[name].compute().items():
+                self.log(f"{prefix}/{name}/{key}", float(value), add_dataloader_idx=False)
+            self._metrics[name].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.trainer.datamodule.val_set_names)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.trainer.datamodule.test_set_names)
+
+    # ------------------------------------------------------------------ checkpoint extras (exact resume)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[STATE_KEY] = {
+            "iteration": self.iteration,
+            "consecutive_nonfinite": self._consecutive_nonfinite,
+            "rng": capture_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(STATE_KEY)
+        if state is None:
+            raise KeyError(
+                f"checkpoint has no '{STATE_KEY}' entry (not written by DGGGANModule); use model.init_from "
+                "to start from its generator weights instead of resuming"
+            )
+        self.iteration = int(state["iteration"])
+        self._consecutive_nonfinite = int(state["consecutive_nonfinite"])
+        restore_rng_state(state["rng"])
+
+
+def critics_enabled(weights: Mapping[str, float]) -> bool:
+    """Whether a config trains any critic: a critic exists only for an adversarial weight > 0."""
+    return weights["adv"] > 0 or weights["adv_grad"] > 0
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG the training step or the data pipeline may draw from, as weights_only-safe values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
