@@ -1,0 +1,279 @@
+"""NIQE (Mittal, Soundararajan & Bovik 2013), a torch port of the official LIVE MATLAB release.
+
+Follows `niqe_release/computequality.m`, `computefeature.m` and `estimateaggdparam.m` step by step so that
+values match MATLAB's (checked on the IQA-PyTorch calibration images, docs/metrics.md):
+
+* the image (double, [0, 255]) is cropped to whole `block_size` blocks (top-left kept);
+* at each of 2 scales: MSCN coefficients `(I - mu) / (sigma + 1)` with a 7x7 Gaussian (sigma 7/6) and
+  'replicate' padding; per block 18 AGGD features (the coefficients, then their products with the 4 neighbours
+  [0 1; 1 0; 1 1; 1 -1] by `circshift` inside the block), shape fitted on the grid 0.2:0.001:10;
+  between scales MATLAB `imresize(I, 0.5)` (bicubic, antialiased, no rounding);
+* MSCN values below `mscn_zero_tol` (rounding noise on flat patches) are set to exactly 0 (our one deviation);
+* `nanmean` / `nancov` (complete rows) of the block features, then
+  `sqrt((mu_p - mu_d) pinv((cov_p + cov_d) / 2) (mu_p - mu_d)')` against the pristine model.
+
+Everything runs in float64 on the input's device; images of one size are processed as a batch, each image's
+value independent of the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import scipy.special
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dgggan_pl.data.imresize import imresize
+from dgggan_pl.metrics.fidelity import crop_border, quantize_8bit, rgb_to_gray_uint8, rgb_to_y_uint8
+from dgggan_pl.metrics.per_image import PerImageMetric
+
+# MATLAB's neighbour shifts for the pairwise products, in `circshift(structdis, shift)` order.
+_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+_NUM_SCALES = 2  # `scalenum = 2` in computequality.m
+
+
+class NIQEModelError(FileNotFoundError):
+    """The NIQE pristine model file is missing, unreadable or has the wrong checksum."""
+
+
+@dataclass(frozen=True)
+class NIQESettings:
+    """Constants of the official release (values in conf/metrics/default.yaml cite computequality.m)."""
+
+    block_size: int = 96
+    window_size: int = 7
+    window_sigma: float = 7.0 / 6.0
+    mscn_c: float = 1.0
+    gamma_start: float = 0.2
+    gamma_stop: float = 10.0
+    gamma_step: float = 0.001
+    # MSCN values below this are floating-point noise of a flat patch (I == mu up to rounding): set to 0.
+    mscn_zero_tol: float = 1e-8
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _download(url: str, target: Path, sha256: str) -> None:
+    """Download `url` to `target` atomically, refusing a file whose sha256 differs from the pinned one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+        got = sha256_of(tmp)
+        if got != sha256:
+            raise NIQEModelError(f"downloaded {url} has sha256 {got}, expected {sha256}; not using it")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def default_model_path() -> Path:
+    """Where the pristine model is cached when no path is configured: `$TORCH_HOME/hub/dgggan/`."""
+    return Path(torch.hub.get_dir()) / "dgggan" / "niqe_modelparameters.mat"
+
+
+def load_pristine_model(
+    path: str | os.PathLike | None, url: str | None, sha256: str
+) -> tuple[Tensor, Tensor]:
+    """`(mu (36,), cov (36, 36))` float64 from the LIVE `modelparameters.mat`, downloading it on first use.
+
+    Raises `NIQEModelError` naming the file and what to do when it is absent and cannot be downloaded,
+    or when its checksum does not match.
+    """
+    target = Path(path).expanduser() if path else default_model_path()
+    if not target.is_file():
+        if not url:
+            raise NIQEModelError(
+                f"NIQE pristine model not found at {target}; copy the LIVE release's modelparameters.mat "
+                f"(sha256 {sha256}) there or set metrics.niqe_model_path"
+            )
+        try:
+            _download(url, target, sha256)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise NIQEModelError(
+                f"NIQE pristine model not found at {target} and downloading {url} failed ({err}); copy the LIVE "
+                f"release's modelparameters.mat (sha256 {sha256}) to that path or set metrics.niqe_model_path"
+            ) from err
+    got = sha256_of(target)
+    if got != sha256:
+        raise NIQEModelError(
+            f"{target} has sha256 {got}, expected {sha256} (LIVE niqe_release modelparameters.mat); replace it"
+        )
+    mat = scipy.io.loadmat(str(target))
+    mu = torch.from_numpy(np.asarray(mat["mu_prisparam"], dtype=np.float64).reshape(-1))
+    cov = torch.from_numpy(np.asarray(mat["cov_prisparam"], dtype=np.float64))
+    return mu, cov
+
+
+def gaussian_window(size: int, sigma: float) -> Tensor:
+    """MATLAB `fspecial('gaussian', size, sigma)` normalised to sum 1, float64 `(size, size)`."""
+    half = (size - 1) / 2
+    coords = torch.arange(size, dtype=torch.float64) - half
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    window = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    return window / window.sum()
+
+
+def gamma_tables(settings: NIQESettings) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The grid `gam = 0.2:0.001:10` and, per grid value, the AGGD ratio and the two Gamma-function factors.
+
+    Computed with scipy's `gamma` in float64, as MATLAB does, so the grid search picks the same index.
+    """
+    count = round((settings.gamma_stop - settings.gamma_start) / settings.gamma_step) + 1
+    gam = settings.gamma_start + np.arange(count, dtype=np.float64) * settings.gamma_step
+    g1, g2, g3 = (scipy.special.gamma(k / gam) for k in (1.0, 2.0, 3.0))
+    r_gam = g2**2 / (g1 * g3)
+    beta_factor = np.sqrt(g1 / g3)  # betal = leftstd * sqrt(gamma(1/a) / gamma(3/a))
+    mean_factor = g2 / g1  # meanparam = (betar - betal) * gamma(2/a) / gamma(1/a)
+    return tuple(torch.from_numpy(t) for t in (gam, r_gam, beta_factor, mean_factor))  # type: ignore[return-value]
+
+
+class NIQE(torch.nn.Module):
+    """NIQE of grayscale images: `(B, 1, H, W)` float in [0, 255] (same size within a batch) -> `(B,)` float64.
+
+    The pristine model and lookup tables are non-persistent buffers: they follow `.to(device)` but never enter
+    a checkpoint.
+    """
+
+    def __init__(
+        self, mu_pristine: Tensor, cov_pristine: Tensor, settings: NIQESettings | None = None
+    ) -> None:
+        super().__init__()
+        self.settings = settings or NIQESettings()
+        s = self.settings
+        gam, r_gam, beta_factor, mean_factor = gamma_tables(s)
+        buffers = {
+            "mu_pristine": mu_pristine.to(torch.float64).reshape(-1),
+            "cov_pristine": cov_pristine.to(torch.float64),
+            "window": gaussian_window(s.window_size, s.window_sigma)[None, None],
+            "gam": gam,
+            "r_gam": r_gam,
+            "beta_factor": beta_factor,
+            "mean_factor": mean_factor,
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    def _aggd(self, vec: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`estimateaggdparam.m` on the last dim of `vec` -> `(alpha, betal, betar, grid index of alpha)`."""
+        neg, pos = vec < 0, vec > 0
+        sq = vec * vec
+        # mean over an empty side is NaN, as in MATLAB (0 / 0)
+        leftstd = torch.sqrt((sq * neg).sum(-1) / neg.sum(-1))
+        rightstd = torch.sqrt((sq * pos).sum(-1) / pos.sum(-1))
+        gammahat = leftstd / rightstd
+        rhat = vec.abs().mean(-1) ** 2 / sq.mean(-1)
+        rhatnorm = rhat * (gammahat**3 + 1) * (gammahat + 1) / (gammahat**2 + 1) ** 2
+        diff = (self.r_gam - rhatnorm[..., None]) ** 2
+        # MATLAB's min ignores NaN and returns index 1 when all are NaN
+        index = torch.nan_to_num(diff, nan=float("inf")).argmin(dim=-1)
+        alpha = self.gam[index]
+        factor = self.beta_factor[index]
+        return alpha, leftstd * factor, rightstd * factor, index
+
+    def _block_features(self, blocks: Tensor) -> Tensor:
+        """`computefeature.m`: `(B, N, h, w)` MSCN blocks -> `(B, N, 18)`."""
+        alpha, betal, betar, _ = self._aggd(blocks.flatten(-2))
+        feats = [alpha, (betal + betar) / 2]
+        for shift in _SHIFTS:
+            pair = blocks * torch.roll(blocks, shifts=shift, dims=(-2, -1))
+            alpha, betal, betar, index = self._aggd(pair.flatten(-2))
+            meanparam = (betar - betal) * self.mean_factor[index]
+            feats += [alpha, meanparam, betal, betar]
+        return torch.stack(feats, dim=-1)
+
+    def _mscn(self, image: Tensor) -> Tensor:
+        pad = self.settings.window_size // 2
+        padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")
+        padded_sq = F.pad(image * image, (pad, pad, pad, pad), mode="replicate")
+        mu = F.conv2d(padded, self.window)
+        sigma = torch.sqrt((F.conv2d(padded_sq, self.window) - mu * mu).abs())
+        mscn = (image - mu) / (sigma + self.settings.mscn_c)
+        # On flat patches MATLAB's sign of (I - mu) is rounding noise that depends on how the filter sums;
+        # zeroing it makes the value independent of the backend (docs/metrics.md, "NIQE deviations").
+        return torch.where(mscn.abs() < self.settings.mscn_zero_tol, 0.0, mscn)
+
+    @staticmethod
+    def _blocks(image: Tensor, size: int) -> Tensor:
+        """`(B, 1, H, W)` -> `(B, N, size, size)` non-overlapping blocks (MATLAB blkproc's grid)."""
+        b = image.shape[0]
+        rows, cols = image.shape[-2] // size, image.shape[-1] // size
+        blocks = image.reshape(b, rows, size, cols, size).permute(0, 3, 1, 2, 4)  # column-major like blkproc
+        return blocks.reshape(b, rows * cols, size, size)
+
+    def features(self, gray: Tensor) -> Tensor:
+        """`(B, 1, H, W)` in [0, 255] -> `(B, N, 36)` block features of the two scales."""
+        size = self.settings.block_size
+        rows, cols = gray.shape[-2] // size, gray.shape[-1] // size
+        if gray.dim() != 4 or gray.shape[1] != 1:
+            raise ValueError(f"NIQE expects (B, 1, H, W) grayscale, got shape {tuple(gray.shape)}")
+        if rows * cols < 2:  # the block covariance needs two blocks
+            raise ValueError(
+                f"NIQE needs at least two {size}x{size} blocks (an image of {2 * size}x{size} or more after "
+                f"border cropping), got {tuple(gray.shape[-2:])}; drop niqe/pi from metrics.benchmark.metrics "
+                "for smaller images"
+            )
+        image = gray.to(torch.float64)[..., : rows * size, : cols * size]
+        feats = []
+        for scale in range(1, _NUM_SCALES + 1):
+            feats.append(self._block_features(self._blocks(self._mscn(image), size // scale)))
+            if scale < _NUM_SCALES:
+                image = imresize(image, scale=0.5)
+        return torch.cat(feats, dim=-1)
+
+    def forward(self, gray: Tensor) -> Tensor:
+        feats = self.features(gray)
+        complete = ~feats.isnan().any(dim=-1, keepdim=True)  # nancov keeps complete rows only
+        valid = ~feats.isnan()
+        mu_dist = torch.where(valid, feats, 0).sum(1) / valid.sum(1)  # nanmean per column
+        rows = torch.where(complete, feats, 0)
+        n_rows = complete.sum(1, keepdim=True).to(feats.dtype)  # (B, 1, 1)
+        centred = torch.where(complete, rows - rows.sum(1, keepdim=True) / n_rows, 0)
+        cov_dist = centred.transpose(1, 2) @ centred / (n_rows - 1)
+        inv = torch.linalg.pinv((self.cov_pristine + cov_dist) / 2)
+        delta = (self.mu_pristine - mu_dist)[:, None, :]
+        return torch.sqrt((delta @ inv @ delta.transpose(1, 2)).reshape(-1))
+
+
+NIQE_CONVENTIONS = ("official", "pirm")
+
+
+def niqe_input(image: Tensor, convention: str, border: int) -> Tensor:
+    """`(B, 3, H, W)` in [0, 1] -> the `(B, 1, H', W')` plane NIQE scores, as the convention's MATLAB code makes it.
+
+    `official`: `rgb2gray` of the 8-bit image, uncropped (LIVE release). `pirm`: Y of `rgb2ycbcr` of the 8-bit
+    image (uint8), `border` px shaved (PIRM 2018 `convert_shave_image`).
+    """
+    rgb_255 = quantize_8bit(image)
+    if convention == "official":
+        return rgb_to_gray_uint8(rgb_255)
+    if convention == "pirm":
+        return crop_border(rgb_to_y_uint8(rgb_255), border)
+    raise ValueError(f"NIQE convention must be one of {NIQE_CONVENTIONS}, got {convention!r}")
+
+
+class NIQEScore(PerImageMetric):
+    """Mean per-image NIQE of the SR images (no reference used); lower is better."""
+
+    higher_is_better = False
+
+    def __init__(self, niqe: NIQE, convention: str = "pirm", crop_border: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if convention not in NIQE_CONVENTIONS:
+            raise ValueError(f"NIQE convention must be one of {NIQE_CONVENTIONS}, got {convention!r}")
+        self.niqe, self.convention, self.crop_border = niqe, convention, crop_border
+
+    def score(self, sr: Tensor, hr: Tensor) -> Tensor:
+        return self.niqe(niqe_input(sr, self.convention, self.crop_border))

@@ -1,0 +1,87 @@
+"""A torchmetrics base for "mean over images of a per-image score", exact under DDP.
+
+Papers average per-image values per benchmark set. Lightning's `DistributedSampler` pads the validation set
+with repeated images when its size is not divisible by the world size, so a plain sum + count would count
+those twice. Here each image's score is stored with a key (a stable 63-bit hash of its name) in `cat`-reduced
+list states; `compute` drops repeated keys, then averages the scores in sorted order, so the result is the same
+bit for bit whether images come one by one, in batches, or spread over ranks.
+Without names (`update(sr, hr)`), nothing can be deduplicated: run validation unpadded in that case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+NO_KEY = -1  # images updated without a name; never deduplicated
+_KEY_MASK = (1 << 63) - 1
+
+
+def name_key(name: str) -> int:
+    """A stable non-negative int64 key of an image name (Python's `hash` is salted per process)."""
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _KEY_MASK
+
+
+def name_keys(names: Sequence[str] | None, count: int, device: torch.device) -> Tensor:
+    if names is None:
+        return torch.full((count,), NO_KEY, dtype=torch.int64, device=device)
+    if len(names) != count:
+        raise ValueError(f"got {len(names)} names for a batch of {count} images")
+    return torch.tensor([name_key(n) for n in names], dtype=torch.int64, device=device)
+
+
+def unique_scores(scores: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop repeated keyed entries (keep one per key), keep every unkeyed one; return sorted by (key, score)."""
+    order = torch.argsort(scores, stable=True)
+    scores, keys = scores[order], keys[order]
+    order = torch.argsort(keys, stable=True)
+    scores, keys = scores[order], keys[order]
+    keyed = keys != NO_KEY
+    first = torch.ones_like(keyed)
+    first[1:] = keys[1:] != keys[:-1]
+    keep = ~keyed | first
+    return scores[keep], keys[keep]
+
+
+class PerImageMetric(Metric):
+    """Mean of a per-image score over a set. Subclasses implement `score(sr, hr) -> (B,)`.
+
+    `update(sr, hr, names=None)`: `(B, 3, H, W)` float in [0, 1]; pass the batch's image names to make the
+    result immune to the distributed sampler's padding.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("keys", default=[], dist_reduce_fx="cat")
+
+    @abstractmethod
+    def score(self, sr: Tensor, hr: Tensor) -> Tensor:
+        """Per-image values `(B,)` of `(B, 3, H, W)` images in [0, 1]."""
+
+    def update(self, sr: Tensor, hr: Tensor, names: Sequence[str] | None = None) -> None:
+        if sr.shape != hr.shape:
+            raise ValueError(f"sr {tuple(sr.shape)} and hr {tuple(hr.shape)} must have the same shape")
+        values = self.score(sr.detach(), hr.detach()).to(torch.float64).reshape(-1)
+        self.scores.append(values)
+        self.keys.append(name_keys(names, values.numel(), values.device))
+
+    def per_image(self) -> tuple[Tensor, Tensor]:
+        """`(scores, keys)` after deduplication (synchronised across ranks when called from `compute`)."""
+        if not self.scores:
+            raise RuntimeError(f"{type(self).__name__}: compute() called before any update()")
+        return unique_scores(dim_zero_cat(self.scores), dim_zero_cat(self.keys))
+
+    def compute(self) -> Tensor:
+        scores, _ = self.per_image()
+        return scores.mean()
