@@ -1,0 +1,153 @@
+"""`python -m dgggan_pl.export CKPT`: share a trained generator as safetensors + JSON config, and as ONNX.
+
+Writes `<name>.safetensors` and `<name>.json` (loadable by `dgggan_pl.weights.load_generator` and the
+upscale CLI: no pickle, so no code can ride along) and `<name>.onnx`: input `lr` `(B, 3, h, w)` float32 in
+[0, 1] with dynamic B, h, w; outputs `sr` `(B, 3, 4h, 4w)` (not clamped: clamp to [0, 1] before display)
+and `grad_map` (the SR gradient map) when the generator has a gradient branch. The ONNX file is checked
+with onnxruntime against PyTorch on two random inputs of different sizes before it is put in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dgggan_pl.weights import (
+    CKPT_SUFFIX,
+    WeightsError,
+    atomic_destination,
+    load_generator,
+    save_generator_safetensors,
+)
+
+ONNX_INPUT = "lr"
+ONNX_OUTPUTS = ("sr", "grad_map")
+ONNX_MIN_SIZE = 2  # torch.export specialises sizes 0 and 1, so the dynamic H/W start at 2
+ONNX_TRACE_SHAPE = (2, 3, 24, 32)  # traced with batch 2: a traced batch of 1 would be specialised to 1
+# The check: max |onnxruntime - PyTorch| over the outputs; float32 reorderings give ~1e-5, an 8-bit step is 1/255.
+ONNX_CHECK_ATOL = 1e-3
+ONNX_CHECK_SHAPES = ((1, 3, 24, 32), (2, 3, 17, 11))  # two sizes and batches: proves the axes are dynamic
+ONNX_CHECK_SEED = 0
+EXIT_ERROR = 2
+
+
+class ExportError(RuntimeError):
+    """The ONNX graph does not reproduce the PyTorch generator (the message names the file and the gap)."""
+
+
+class _OnnxGenerator(nn.Module):
+    """The generator with a tuple output (`sr`, or `sr, grad_map`), the form ONNX outputs take."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, lr: Tensor) -> tuple[Tensor, ...]:
+        output = self.generator(lr)
+        return (output.sr,) if output.grad_map is None else (output.sr, output.grad_map)
+
+
+def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None) -> dict[str, float]:
+    """Export `generator` to `path` with dynamic batch/H/W, check it with onnxruntime, then move it in place.
+
+    Returns the max absolute difference to PyTorch per check shape. Raises `ExportError` (and writes
+    nothing) when it exceeds `ONNX_CHECK_ATOL`.
+    """
+    path = Path(path)
+    wrapper = _OnnxGenerator(generator.cpu()).eval()
+    sample = torch.rand(ONNX_TRACE_SHAPE)
+    batch = torch.export.Dim("batch", min=1)
+    height, width = (torch.export.Dim(n, min=ONNX_MIN_SIZE) for n in ("height", "width"))
+    outputs = list(ONNX_OUTPUTS[: len(wrapper(sample))])
+    dynamic = {"lr": {0: batch, 2: height, 3: width}}
+    program = torch.onnx.export(
+        wrapper, (sample,), dynamo=True, input_names=[ONNX_INPUT], output_names=outputs,
+        dynamic_shapes=dynamic, opset_version=opset, verbose=False,
+    )  # fmt: skip
+    with atomic_destination(path) as tmp:
+        program.save(str(tmp), external_data=False)  # one self-contained file (the C=64 model is ~60 MB)
+        return check_onnx(wrapper, tmp, name=path)
+
+
+def check_onnx(wrapper: nn.Module, onnx_path: Path, name: Path) -> dict[str, float]:
+    """Max |onnxruntime - PyTorch| for each shape in `ONNX_CHECK_SHAPES`; raises `ExportError` above the atol."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(ONNX_CHECK_SEED)
+    gaps: dict[str, float] = {}
+    for shape in ONNX_CHECK_SHAPES:
+        lr = torch.rand(shape, generator=generator)
+        with torch.inference_mode():
+            expected = [t.numpy() for t in wrapper(lr)]
+        actual = session.run(None, {ONNX_INPUT: lr.numpy()})
+        if [a.shape for a in actual] != [e.shape for e in expected]:
+            raise ExportError(
+                f"{name}: ONNX output shapes {[a.shape for a in actual]} != PyTorch's for input {shape}"
+            )
+        gap = max(float(np.abs(a - e).max()) for a, e in zip(actual, expected, strict=True))
+        gaps["x".join(map(str, shape))] = gap
+        if gap > ONNX_CHECK_ATOL:
+            raise ExportError(
+                f"{name}: onnxruntime differs from PyTorch by {gap:.2e} > {ONNX_CHECK_ATOL} on {shape}"
+            )
+    return gaps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dgggan_pl.export",
+        description="Export a generator as <name>.safetensors + <name>.json (config) and <name>.onnx.",
+    )
+    parser.add_argument("weights", type=Path, help="a Lightning .ckpt written by training")
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="export the EMA generator (error if the checkpoint has none); default: raw",
+    )
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: the folder of WEIGHTS")
+    parser.add_argument(
+        "--name", default=None, help="file stem of the outputs; default: WEIGHTS' stem (+ '_ema')"
+    )
+    parser.add_argument("--no-onnx", action="store_true", help="write only safetensors + JSON")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset; default: the exporter's")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.weights.suffix.lower() != CKPT_SUFFIX:
+        parser.error(f"{args.weights}: export reads a training {CKPT_SUFFIX} checkpoint")
+    out_dir = args.output_dir or args.weights.parent
+    name = args.name or (args.weights.stem + ("_ema" if args.ema else ""))
+    targets = [out_dir / f"{name}.safetensors", out_dir / f"{name}.json"]
+    if not args.no_onnx:
+        targets.append(out_dir / f"{name}.onnx")
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not args.overwrite:
+        print(f"error: {', '.join(existing)} exist; use --overwrite to replace them", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        generator, config = load_generator(args.weights, use_ema=args.ema)
+        save_generator_safetensors(generator, config, targets[0], ema=args.ema)
+        print(f"wrote {targets[0]} and {targets[1]}")
+        if not args.no_onnx:
+            gaps = export_onnx(generator, targets[2], args.opset)
+            checks = ", ".join(f"{shape}: {gap:.1e}" for shape, gap in gaps.items())
+            print(f"wrote {targets[2]} (onnxruntime vs PyTorch max |diff| {checks}; limit {ONNX_CHECK_ATOL})")
+    except (WeightsError, ExportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

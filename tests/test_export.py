@@ -1,0 +1,54 @@
+"""Export: safetensors + JSON that load back, and an ONNX graph with dynamic H/W matching PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from dgggan_pl.export import ONNX_CHECK_ATOL, main
+from dgggan_pl.weights import load_generator
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP spinning makes them 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_export_ema_to_safetensors_and_onnx(tiny_generator_checkpoint, tmp_path: Path, capsys) -> None:
+    checkpoint = tiny_generator_checkpoint(ema=True)
+    out = tmp_path / "exported"
+    assert main([str(checkpoint), "--ema", "--output-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_ema.json", "tiny_ema.onnx", "tiny_ema.safetensors"]
+    assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+    assert json.loads((out / "tiny_ema.json").read_text())["ema"] is True
+
+    ema, _ = load_generator(checkpoint, use_ema=True)
+    exported, _ = load_generator(out / "tiny_ema.safetensors")
+    for key, value in ema.state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value)
+
+    session = onnxruntime.InferenceSession(str(out / "tiny_ema.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["sr", "grad_map"]
+    lr = torch.rand(1, 3, 9, 14)  # a size the exporter never saw
+    sr, grad_map = session.run(None, {"lr": lr.numpy()})
+    with torch.no_grad():
+        expected = ema(lr)
+    assert sr.shape == (1, 3, 36, 56)
+    assert np.abs(sr - expected.sr.numpy()).max() <= ONNX_CHECK_ATOL
+    assert np.abs(grad_map - expected.grad_map.numpy()).max() <= ONNX_CHECK_ATOL
+
+    # Existing outputs are kept; asking for EMA from a checkpoint without it is a clear error.
+    assert main([str(checkpoint), "--ema", "--output-dir", str(out), "--no-onnx"]) == 2
+    assert "use --overwrite" in capsys.readouterr().err
+    plain = tiny_generator_checkpoint("plain.ckpt")
+    assert main([str(plain), "--ema", "--output-dir", str(out), "--no-onnx"]) == 2
+    assert "plain.ckpt: no EMA weights" in capsys.readouterr().err
