@@ -94,7 +94,7 @@ def _from_run_info(output_dir: Path, info: dict[str, Any], record: JobRecord | N
         git_rev=info.get("git_rev"),
         error=error,
         metrics={k: float(v) for k, v in (info.get("metrics") or {}).items() if isinstance(v, (int, float))},
-        unavailable=dict(info.get("unavailable") or {}),
+        unavailable=dict(info.get("metrics_unavailable") or info.get("unavailable") or {}),
     )
 
 

@@ -126,6 +126,7 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
     def _collect(self, job: JobRecord, handle: Any) -> JobReturn:
         """Wait for one job; a crash of the SLURM job itself becomes a failed JobReturn, not an abort."""
         job.command = [f"{self._EXECUTOR} job {handle.job_id}"]
+        job.processes = self.params["nodes"] * self.params["tasks_per_node"]
         try:
             ret: JobReturn = handle.results()[0]
         except Exception as err:  # killed, timed out, node failure: the other jobs still get collected
