@@ -64,6 +64,7 @@ class DDPLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.app: AppTarget | None = None
+        self.jobs: list[JobRecord] = []  # every job of the sweep (a sweeper may launch in several batches)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -78,15 +79,16 @@ class DDPLauncher(Launcher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, one after another, each as fresh processes")
         jobs = [JobRecord(num=initial_job_idx + i, overrides=list(o)) for i, o in enumerate(job_overrides)]
+        self.jobs += jobs
         returns = []
         for job in jobs:
             log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))}")
-            returns.append(self._run_one(job, sweep_dir, jobs))
-            write_summary(sweep_dir, "ddp", jobs)
+            returns.append(self._run_one(job, sweep_dir))
+            write_summary(sweep_dir, "ddp", self.jobs)
         self._report(jobs, sweep_dir, returns)
         return returns
 
-    def _run_one(self, job: JobRecord, sweep_dir: Path, jobs: list[JobRecord]) -> JobReturn:
+    def _run_one(self, job: JobRecord, sweep_dir: Path) -> JobReturn:
         """Compose, start and wait for one job; any failure is recorded on `job`, never raised."""
         ret = JobReturn(overrides=job.overrides, status=JobStatus.FAILED)
         start = time.monotonic()
@@ -108,7 +110,7 @@ class DDPLauncher(Launcher):
             ret.return_value = err
             return ret
         job.status = "running"
-        write_summary(sweep_dir, "ddp", jobs)
+        write_summary(sweep_dir, "ddp", self.jobs)
         log.info(f"#{job.num} on {job.processes} process(es): {' '.join(job.command)}")
         job.returncode = subprocess.run(job.command, env=clean_env(os.environ), check=False).returncode
         job.seconds = round(time.monotonic() - start, 1)

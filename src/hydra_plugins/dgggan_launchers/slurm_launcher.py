@@ -45,6 +45,7 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         self.layout_keys = {num_nodes_key: self.params["nodes"], devices_key: self.params["tasks_per_node"]}
         self.wandb_group_key = wandb_group_key
         self.wandb_group = wandb_group
+        self.jobs: list[JobRecord] = []  # every job of the sweep (a sweeper may launch in several batches)
 
     def check_layout(self) -> None:
         """One task per device: gpus_per_node (when set) must equal tasks_per_node."""
@@ -119,7 +120,8 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         submitted = executor.map_array(self, *zip(*calls, strict=True))  # one array job per sweep
         log.info(f"Submitted {len(jobs)} {self._EXECUTOR} jobs; sweep output dir: {sweep_dir}")
         returns = [self._collect(job, handle) for job, handle in zip(jobs, submitted, strict=True)]
-        write_summary(sweep_dir, self._EXECUTOR, jobs)
+        self.jobs += jobs
+        write_summary(sweep_dir, self._EXECUTOR, self.jobs)
         mark_failures(jobs, returns, sweep_dir)
         return returns
 
