@@ -1,0 +1,133 @@
+"""CPU time and peak RSS of x4 upscaling DIV2K 0853 (510x339 -> 2040x1356), tiled vs untiled, side by side.
+
+Goals (issue 7): peak RSS < 2 GB tiled; tiling overhead < 15 % of the untiled time.
+
+    .venv/bin/python benchmarks/bench_upscale.py [--models dgggan dgggan_lite] [--tile 128] [--skip-untiled]
+
+Each (model, mode) runs in its own subprocess, so that `ru_maxrss` is that run's peak alone. Weights are
+random (seed 0): timing and memory do not depend on their values. The tiled and untiled SR images are
+compared at the end (max |difference|, the seam-free check at full scale). Finds the image through
+`$DGGGAN_DATA_DIR` (default `../shared/data` beside the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGE = Path("DIV2K-sample/LR_bicubic/X4/0853x4.png")
+RSS_GOAL_BYTES = 2 * 1024**3
+OVERHEAD_GOAL = 0.15
+KIB = 1024  # Linux reports ru_maxrss in KiB
+
+
+def image_path() -> Path:
+    data_dir = Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    path = data_dir / IMAGE
+    if not path.is_file():
+        sys.exit(
+            f"benchmark image not found: {path} (set DGGGAN_DATA_DIR to the folder holding {IMAGE.parts[0]}/)"
+        )
+    return path
+
+
+def child(model: str, tile: int, out: Path) -> None:
+    """One measured run; prints a JSON line with wall/CPU seconds and peak RSS."""
+    import torch
+    from hydra.utils import instantiate
+
+    from dgggan_pl.config import compose_config
+    from dgggan_pl.data.io import read_image, to_float
+    from dgggan_pl.tiling import upscale_tiled
+
+    torch.manual_seed(0)
+    generator = instantiate(compose_config([f"model={model}"]).model.generator).eval()
+    lr = to_float(read_image(image_path())).unsqueeze(0)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
+    wall, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        sr = upscale_tiled(generator, lr, tile) if tile > 0 else generator(lr).sr
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    torch.save(sr.clone(), out)
+    result = {
+        "model": model,
+        "tile": tile,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB,
+        "rss_before": rss_before,
+        "threads": torch.get_num_threads(),
+        "shape": list(sr.shape),
+    }
+    print(json.dumps(result))
+
+
+def measure(model: str, tile: int, out: Path) -> dict:
+    command = [sys.executable, __file__, "--child", "--models", model, "--tile", str(tile), "--out", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    if completed.returncode != 0:
+        sys.exit(f"child run failed ({model}, tile {tile}):\n{completed.stderr}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def report(model: str, runs: dict[int, dict], outputs: dict[int, Path]) -> None:
+    import torch
+
+    gib = 1024**3
+    for tile, r in runs.items():
+        mode = f"tiled {tile}" if tile else "untiled"
+        print(
+            f"{model:12s} {mode:10s} wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  "
+            f"peak RSS {r['peak_rss'] / gib:5.2f} GiB (model loaded: {r['rss_before'] / gib:4.2f})  "
+            f"threads {r['threads']}  out {r['shape']}"
+        )
+    tiled = [t for t in runs if t]
+    if 0 in runs:
+        for tile in tiled:
+            overhead = runs[tile]["wall_s"] / runs[0]["wall_s"] - 1
+            gap = (torch.load(outputs[tile]) - torch.load(outputs[0])).abs().max().item()
+            print(
+                f"{model:12s} tiled {tile}: overhead {overhead:+.1%} of untiled wall time "
+                f"(goal < {OVERHEAD_GOAL:.0%}), max |tiled - untiled| = {gap:.2e} (goal <= 1/255)"
+            )
+    for tile in tiled:
+        ok = runs[tile]["peak_rss"] < RSS_GOAL_BYTES
+        print(f"{model:12s} tiled {tile}: peak RSS goal < 2 GiB {'met' if ok else 'MISSED'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["dgggan", "dgggan_lite"])
+    parser.add_argument(
+        "--tile", type=int, default=128, help="LR pixels per HR-stage tile (upscale's default)"
+    )
+    parser.add_argument(
+        "--skip-untiled", action="store_true", help="when the untiled run does not fit in RAM"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.models[0], args.tile, args.out)
+        return
+    print(f"image {image_path()}; CPU threads per run: torch default; {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as scratch:
+        for model in args.models:
+            tiles = [args.tile] if args.skip_untiled else [args.tile, 0]
+            outputs = {tile: Path(scratch) / f"{model}-{tile}.pt" for tile in tiles}
+            runs = {tile: measure(model, tile, outputs[tile]) for tile in tiles}
+            report(model, runs, outputs)
+
+
+if __name__ == "__main__":
+    main()
