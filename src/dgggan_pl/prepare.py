@@ -10,7 +10,8 @@ MATLAB-compatible bicubic. `--pack` also writes one uint8 `.npy` array per folde
 
 Resumable: each finished source image gets a marker in `<out-dir>/.prepare_done/`; a rerun skips those. Every
 file is written atomically, and the sub-images of an image that fails are removed, so the folders only hold
-complete images. Errors are collected per image and reported together (exit status 1).
+complete images (after a kill, the unmarked image in progress is redone). Errors are collected per image and
+reported together (exit status 1).
 """
 
 from __future__ import annotations

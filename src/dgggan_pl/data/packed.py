@@ -73,6 +73,7 @@ class _PackedArray:
     """A lazily opened, memory-mapped packed array (opened per process: memmaps must not be pickled)."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
         self.array_path, names_path = packed_paths(folder)
         if not self.array_path.is_file() or not names_path.is_file():
             raise FileNotFoundError(
@@ -118,4 +119,4 @@ class PackedPairs:
 
     def load(self, index: int) -> tuple[Tensor | None, Tensor, str]:
         lr = None if self.lr is None else self.lr.image(index)
-        return lr, self.hr.image(index), f"{self.hr.array_path}:{self.hr.names[index]}"
+        return lr, self.hr.image(index), str(self.hr.folder / self.hr.names[index])  # the source PNG's path
