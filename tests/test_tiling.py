@@ -104,3 +104,10 @@ def test_map_tiles_needs_the_halo() -> None:
         short = map_tiles(conv, [x], tile=4, halo=2, device=CPU)
     torch.testing.assert_close(exact, expected, rtol=0, atol=1e-6)
     assert (short - expected).abs().max() > 1e-3
+
+
+def test_weights_made_in_inference_mode_are_a_clear_error() -> None:
+    with torch.inference_mode():
+        generator = _tiny()
+    with pytest.raises(ValueError, match="outside inference_mode"):
+        upscale_tiled(generator, torch.rand(1, 3, 8, 8), tile=4)

@@ -234,6 +234,11 @@ def upscale_tiled(
     smallest seam-free value. Smaller values are allowed (faster) but warned about: seams may show.
     `progress(done, total)` is called after every tile. Returns the SR image on `lr`'s device.
     """
+    if any(p.is_inference() for p in generator.parameters()):
+        raise ValueError(
+            "the generator's weights were created inside torch.inference_mode(), so its receptive radii cannot be "
+            "measured by back-propagation; build or load it outside inference_mode (torch.no_grad() is fine)"
+        )
     radius = hr_stage_radius(generator)
     overlap = radius if overlap is None else overlap
     if overlap < radius:
