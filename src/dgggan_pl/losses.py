@@ -130,10 +130,15 @@ class GradientPenalty(nn.Module):
         super().__init__()
         self.weight = weight
 
-    def forward(self, critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-        """`critic`: `(B, C, P, P)` -> `(B, 1)`; `real`, `fake`: `(B, C, P, P)` -> weighted scalar penalty."""
+    def forward(
+        self, critic: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """`critic`: `(B, C, P, P)` -> `(B, 1)`; `real`, `fake`: `(B, C, P, P)` -> weighted scalar penalty.
+
+        `generator` draws the interpolation weights (the training module seeds one per step for exact resume).
+        """
         real, fake = real.detach().float(), fake.detach().float()
-        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype, generator=generator)
         x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         with torch.autocast(device_type=real.device.type, enabled=False):
             scores = critic(x_hat)
@@ -153,8 +158,10 @@ class WassersteinCriticLoss(nn.Module):
         super().__init__()
         self.gradient_penalty = GradientPenalty(gp_weight)
 
-    def forward(self, critic: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, critic: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`real`, `fake`: `(B, C, P, P)` (fake detached by the caller) -> (loss, W estimate, penalty)."""
         wdist = critic(real).mean() - critic(fake).mean()
-        penalty = self.gradient_penalty(critic, real, fake)
+        penalty = self.gradient_penalty(critic, real, fake, generator)
         return penalty - wdist, wdist.detach(), penalty.detach()

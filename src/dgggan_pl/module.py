@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,8 @@ class DGGGANModule(LightningModule):
         optim: `cfg.optim`: `generator`, `critic`, `scheduler` (`_partial_`), `n_critic`, `gan_start_iteration`,
             `ema_decay` (null = no EMA), `max_consecutive_nonfinite`.
         metrics: `cfg.metrics` (its `benchmark` node is a `_partial_` BenchmarkMetrics); null skips metrics.
+        seed: with the rank, iteration and critic update, seeds the gradient penalty's interpolation weights,
+            so that they do not depend on global RNG state (exact resume; the data is seeded per sample).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class DGGGANModule(LightningModule):
         loss: Mapping[str, Any],
         optim: Mapping[str, Any],
         metrics: Mapping[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -148,24 +152,35 @@ class DGGGANModule(LightningModule):
         opt_g, opt_d = (optimizers, None) if not isinstance(optimizers, list) else optimizers
         out: GeneratorOutput = self.generator(lr)
 
-        if self.gan_active:
-            for _ in range(self.hparams.optim["n_critic"]):
-                self._optimize(opt_d, lambda: self._critic_objective(out.sr.detach(), hr), "critic")
+        if self.gan_active:  # critic step(s): eq. 10 on the detached SR, the generator frozen
+            fake = out.sr.detach()
+            for update in range(self.hparams.optim["n_critic"]):
+                noise = self._noise_generator(hr.device, update)
+                self._optimize(opt_d, partial(self._critic_objective, fake, hr, noise), "critic")
 
-        self._optimize(opt_g, lambda: self._generator_objective(out, hr), "generator")
+        # generator step: eq. 7 through the just-updated critics, the critics frozen
+        self._optimize(opt_g, partial(self._generator_objective, out, hr), "generator")
 
         self._after_iteration()
 
-    def _critic_objective(self, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def _noise_generator(self, device: torch.device, critic_update: int) -> torch.Generator:
+        """A generator seeded by (seed, rank, iteration, critic update) alone, for the penalty's interpolation."""
+        key = [self.hparams.seed, self.global_rank, self.iteration, critic_update]
+        seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def _critic_objective(
+        self, sr: Tensor, hr: Tensor, noise: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 10 for the image critic (on images) and the gradient critic (on G(.) maps), summed."""
         loss, stats = sr.new_zeros(()), {}
         if self.image_critic is not None:
-            loss_i, wdist, gp = self.critic_loss(self.image_critic, hr, sr)
+            loss_i, wdist, gp = self.critic_loss(self.image_critic, hr, sr, noise)
             loss = loss + loss_i
             stats |= {"critic_wdist": wdist, "gp": gp, "loss_d": loss_i.detach()}
         if self.gradient_critic is not None:
             loss_g, wdist_g, gp_g = self.critic_loss(
-                self.gradient_critic, gradient_magnitude(hr), gradient_magnitude(sr)
+                self.gradient_critic, gradient_magnitude(hr), gradient_magnitude(sr), noise
             )
             loss = loss + loss_g
             stats |= {"critic_grad_wdist": wdist_g, "gp_grad": gp_g, "loss_d_grad": loss_g.detach()}
@@ -191,7 +206,9 @@ class DGGGANModule(LightningModule):
         stats = {name: term.detach() for name, (_, term) in terms.items()} | {"loss_g": loss.detach()}
         return loss, stats
 
-    def _optimize(self, optimizer: Any, objective: Any, name: str) -> None:
+    def _optimize(
+        self, optimizer: Any, objective: Callable[[], tuple[Tensor, dict[str, Tensor]]], name: str
+    ) -> None:
         """toggle -> loss -> (skip if non-finite on any rank) -> manual_backward -> step -> untoggle."""
         self.toggle_optimizer(optimizer)
         loss, stats = objective()

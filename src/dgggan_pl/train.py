@@ -120,7 +120,7 @@ def build_module(cfg: DictConfig) -> DGGGANModule:
         key: OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else None
         for key in ("model", "loss", "optim", "metrics")
     }
-    module = DGGGANModule(**containers)
+    module = DGGGANModule(**containers, seed=int(cfg.seed))
     init_from = cfg.model.get("init_from")
     if init_from:
         source, _ = load_generator(init_from)

@@ -50,6 +50,9 @@ class MonitorFallbackCheckpoint(ModelCheckpoint):
     The default monitor is the perception index (`val/Set14/pi`), which needs the Ma et al. model; where the
     metrics backend reports it unavailable, `fallback_monitor`/`fallback_mode` are used instead, decided once
     at setup (before any checkpoint state is restored, so resuming sees the same monitor).
+
+    `last.ckpt` is refreshed after EVERY validation and at the end of training (Lightning's ModelCheckpoint
+    only refreshes it when a new best is saved), so `ckpt_path=last` always resumes from the latest state.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class MonitorFallbackCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.fallback_monitor = fallback_monitor
         self.fallback_mode = fallback_mode
+        self._last_written_step = -1
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.monitor is not None and hasattr(pl_module, "unavailable_metrics"):
@@ -81,3 +85,20 @@ class MonitorFallbackCheckpoint(ModelCheckpoint):
                 self.monitor, self.mode = self.fallback_monitor, self.fallback_mode
                 self.kth_value = torch.tensor(_WORST_SCORE[self.fallback_mode])
         super().setup(trainer, pl_module, stage)
+
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_step = trainer.global_step
+
+    def _refresh_last(self, trainer: Trainer) -> None:
+        stale = self._last_written_step != trainer.global_step
+        if self.save_last and stale and not (trainer.sanity_checking or trainer.fast_dev_run):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._refresh_last(trainer)

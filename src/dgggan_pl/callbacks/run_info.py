@@ -105,21 +105,46 @@ class RunRecord:
         self._write()
 
 
-class RankRecord(Callback):
-    """Every rank writes `<output_dir>/ranks/rank<global_rank>.json` when fitting starts.
+def weights_sha256(module: Any) -> str:
+    """SHA-256 of every parameter's bytes, in name order: equal iff two ranks hold bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, param in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
-    Sweeps check with it that all ranks of a job trained the same config and the same networks.
+
+class RankRecord(Callback):
+    """Every rank writes `<output_dir>/ranks/rank<global_rank>.json` when fitting starts, and again at the end
+    of training with `final_weights_sha256` per network.
+
+    Sweeps check with it that all ranks of a job trained the same config and the same networks, and
+    tests that DDP kept the ranks' weights identical.
     """
+
+    NETWORKS = ("generator", "image_critic", "gradient_critic")
 
     def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
         self.config_sha256 = config_sha256(cfg)
         self.output_dir = output_dir
+        self.record: dict[str, Any] = {}
+
+    def _write(self, trainer: Trainer) -> None:
+        write_json_atomic(self.record, self.output_dir / RANK_DIR / f"rank{trainer.global_rank}.json")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        record = {
+        self.record = {
             "global_rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "config_sha256": self.config_sha256,
             "param_shapes_sha256": param_shapes_sha256(pl_module),
         }
-        write_json_atomic(record, self.output_dir / RANK_DIR / f"rank{trainer.global_rank}.json")
+        self._write(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        networks = {name: getattr(pl_module, name, None) for name in self.NETWORKS}
+        self.record["final_weights_sha256"] = {
+            name: weights_sha256(net) for name, net in networks.items() if net is not None
+        }
+        self.record["global_step"] = trainer.global_step
+        self._write(trainer)

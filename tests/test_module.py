@@ -1,0 +1,158 @@
+"""DGGGANModule at tiny width: which weights each update touches, ablations, EMA, checkpoints, non-finite guard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from dgggan_pl.module import DGGGANModule, NonFiniteLossError
+
+LR_SIZE, SCALE = 8, 4  # debug=smoke crops: LR 8 -> HR 32
+
+
+def build_module(compose: Callable[..., DictConfig], overrides: Sequence[str] = ()) -> DGGGANModule:
+    cfg = compose(["experiment=full", "debug=smoke", *overrides])
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "optim")}
+    return DGGGANModule(**parts, metrics=None, seed=0)
+
+
+def loader(num_batches: int, nan: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(num_batches * 2):
+        hr = torch.rand(3, LR_SIZE * SCALE, LR_SIZE * SCALE, generator=generator)
+        if nan:
+            hr[0, 0, 0] = float("nan")
+        items.append({"lr": torch.nn.functional.avg_pool2d(hr[None], SCALE)[0], "hr": hr})
+    return DataLoader(items, batch_size=2)
+
+
+def fit(
+    module: DGGGANModule, iterations: int, callbacks: Sequence[Callback] = (), nan: bool = False
+) -> Trainer:
+    steps_per_iteration = 1 + module.hparams.optim["n_critic"] if module.critics else 1
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=iterations * steps_per_iteration,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(module, train_dataloaders=loader(iterations, nan=nan))
+    return trainer
+
+
+def snapshot(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    return {} if module is None else {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module | None) -> bool:
+    after = snapshot(module)
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+class UpdateRecorder(Callback):
+    """Records, for every optimizer.step, which networks' weights it changed."""
+
+    NETWORKS = ("generator", "image_critic", "gradient_critic")
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, set[str]]] = []
+
+    def on_train_start(self, trainer: Trainer, pl_module: DGGGANModule) -> None:
+        for index, optimizer in enumerate(trainer.optimizers):
+            state: dict[str, dict] = {}
+
+            def pre(opt, args, kwargs, state=state) -> None:
+                state["before"] = {n: snapshot(getattr(pl_module, n)) for n in self.NETWORKS}
+
+            def post(opt, args, kwargs, state=state, index=index) -> None:
+                moved = {n for n in self.NETWORKS if changed(state["before"][n], getattr(pl_module, n))}
+                self.steps.append((index, moved))
+
+            optimizer.register_step_pre_hook(pre)
+            optimizer.register_step_post_hook(post)
+
+
+def test_critic_updates_touch_only_critics_and_generator_updates_only_the_generator(compose) -> None:
+    module = build_module(compose, ["optim.n_critic=2", "optim.scheduler.milestones=[1]"])
+    recorder = UpdateRecorder()
+    trainer = fit(module, iterations=2, callbacks=[recorder])
+    # per iteration: two critic updates (optimizer 1), then one generator update (optimizer 0)
+    assert [index for index, _ in recorder.steps] == [1, 1, 0, 1, 1, 0]
+    for index, moved in recorder.steps:
+        assert moved == ({"generator"} if index == 0 else {"image_critic", "gradient_critic"})
+    assert trainer.global_step == 6 and module.iteration == 2
+    # MultiStepLR(milestones=[1], gamma=0.5) stepped once per iteration, not once per optimizer step
+    for optimizer in trainer.optimizers:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 1e-4)
+
+
+def test_pretrain_builds_no_critic_and_no_vgg(compose) -> None:
+    module = build_module(compose, ["experiment=pretrain"])
+    assert module.image_critic is None and module.gradient_critic is None and module.critic_loss is None
+    assert "perceptual" not in module._frozen
+    optimizers, _ = module.configure_optimizers()
+    assert len(optimizers) == 1
+    recorder = UpdateRecorder()
+    fit(module, iterations=2, callbacks=[recorder])
+    assert recorder.steps == [(0, {"generator"}), (0, {"generator"})]
+
+
+def test_no_grad_ablation_drops_the_gradient_branch_critic_and_weights(compose) -> None:
+    module = build_module(compose, ["ablation=no_grad", "loss.weights.percept=0"])
+    assert module.gradient_critic is None and module.image_critic is not None
+    assert not module.generator.use_gradient_branch
+    assert (module.weights.grad_img, module.weights.adv_grad, module.weights.grad_branch) == (0, 0, 0)
+    assert not any(
+        key.startswith(("gradient_critic.", "generator.gradient_branch.")) for key in module.state_dict()
+    )
+    recorder = UpdateRecorder()
+    fit(module, iterations=1, callbacks=[recorder])
+    assert recorder.steps == [(1, {"image_critic"}), (0, {"generator"})]
+
+
+def test_inconsistent_objective_is_refused(compose) -> None:
+    with pytest.raises(ValueError, match="loss.weights.adv_grad > 0 needs a model.gradient_critic"):
+        build_module(compose, ["model.gradient_critic=null"])
+    with pytest.raises(ValueError, match="use_gradient_branch"):
+        build_module(compose, ["model.generator.use_gradient_branch=false"])
+
+
+def test_ema_follows_the_generator_and_is_checkpointed_without_frozen_networks(compose, tmp_path) -> None:
+    decay = 0.5
+    module = build_module(compose, [f"optim.ema_decay={decay}", "loss.weights.percept=0"])
+    start = snapshot(module.generator)
+    trainer = fit(module, iterations=1)
+    live, ema = snapshot(module.generator), snapshot(module.generator_ema)
+    for key in start:
+        assert torch.allclose(ema[key], decay * start[key] + (1 - decay) * live[key], atol=1e-7)
+    assert module.eval_generator is module.generator_ema
+
+    path = tmp_path / "module.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # plain containers and tensors only
+    keys = checkpoint["state_dict"].keys()
+    prefixes = {key.split(".", 1)[0] for key in keys}
+    assert prefixes == {"generator", "image_critic", "gradient_critic", "generator_ema"}
+    strip = lambda prefix: {k[len(prefix) :] for k in keys if k.startswith(prefix)}  # noqa: E731
+    assert strip("generator_ema.") == strip("generator.")
+    assert checkpoint["hyper_parameters"]["model"]["generator"]["_target_"].endswith("DGGGANGenerator")
+    assert checkpoint["dgggan"]["iteration"] == 1
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(compose) -> None:
+    module = build_module(compose, ["optim.max_consecutive_nonfinite=3", "loss.weights.percept=0"])
+    start = {name: snapshot(getattr(module, name)) for name in ("generator", "image_critic")}
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses"):
+        fit(module, iterations=4, nan=True)
+    for name, before in start.items():
+        assert not changed(before, getattr(module, name)), f"{name} was updated from a NaN loss"
