@@ -3,7 +3,7 @@
 The published tables (EDSR, RCAN, RDN, ESRGAN, SPSR, DGGGAN) evaluate 8-bit images on the Y channel of
 MATLAB's `rgb2ycbcr` (BT.601, studio swing, *not* rounded: `rgb2ycbcr(im2double(img))`), after shaving
 `scale` pixels from every border, with Wang et al.'s SSIM (11x11 Gaussian, sigma 1.5, 'valid' region,
-K1 = 0.01, K2 = 0.03, L = 255). Each function returns one value per image so that the caller averages
+K1 = 0.01, K2 = 0.03, L = 255), all in float64. Each function returns one value per image so that the caller averages
 per image (the papers' convention), never pixel-pooled.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from dgggan_pl.metrics.per_image import PerImageMetric
 
@@ -21,6 +20,8 @@ _Y_WEIGHTS = (65.481, 128.553, 24.966)
 # MATLAB rgb2gray: the first row of inv([1 0.956 0.621; 1 -0.272 -0.647; 1 -1.106 1.703]).
 _GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 PIXEL_MAX = 255.0
+# SSIM stabilisers of Wang et al. 2004 (ssim_index.m defaults)
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
 
 
 def _check_rgb(image: Tensor, name: str = "image") -> None:
@@ -75,29 +76,44 @@ def y_for_fidelity(image: Tensor, border: int) -> Tensor:
 
 
 def psnr_y(sr: Tensor, hr: Tensor, border: int) -> Tensor:
-    """Per-image PSNR (dB) on Y, `(B, 3, H, W)` in [0, 1] each -> `(B,)` float64."""
+    """Per-image PSNR (dB) on Y, `(B, 3, H, W)` in [0, 1] each -> `(B,)` float64 (inf for identical images).
+
+    Written out rather than torchmetrics' `peak_signal_noise_ratio`, which keeps its data range in float32
+    (a 1e-6 dB drift) - the published tables are compared to 0.01 dB.
+    """
     sr_y, hr_y = y_for_fidelity(sr, border), y_for_fidelity(hr, border)
-    return peak_signal_noise_ratio(sr_y, hr_y, data_range=PIXEL_MAX, reduction="none", dim=(1, 2, 3))
+    mse = (sr_y - hr_y).pow(2).flatten(1).mean(dim=1)
+    return 10 * torch.log10(PIXEL_MAX**2 / mse)
+
+
+def gaussian_kernel_1d(size: int, sigma: float) -> Tensor:
+    """The normalised 1-D Gaussian whose outer product is MATLAB's `fspecial('gaussian', size, sigma)`."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def filter_valid(image: Tensor, kernel: Tensor) -> Tensor:
+    """Separable 'valid' correlation of `(..., H, W)` with `kernel (k,)` along W then H (MATLAB `filter2(.., 'valid')`)."""
+    size = kernel.numel()
+    return (image.unfold(-1, size, 1) @ kernel).unfold(-2, size, 1) @ kernel
 
 
 def ssim_y(sr: Tensor, hr: Tensor, border: int, kernel_size: int = 11, sigma: float = 1.5) -> Tensor:
     """Per-image SSIM on Y, `(B, 3, H, W)` in [0, 1] each -> `(B,)` float64.
 
-    torchmetrics averages the SSIM map over the whole (reflect-padded) image; MATLAB's `ssim_index` and
-    BasicSR average only the 'valid' region, so the map is taken and its `kernel_size // 2` rim dropped.
+    Wang et al.'s `ssim_index.m` (K1 = 0.01, K2 = 0.03, L = 255, mean over the 'valid' region). Not torchmetrics'
+    SSIM: it averages over a reflect-padded full image and its 121-tap grouped conv is ~10x slower in float64.
     """
-    sr_y, hr_y = y_for_fidelity(sr, border), y_for_fidelity(hr, border)
-    _, ssim_map = structural_similarity_index_measure(
-        sr_y,
-        hr_y,
-        gaussian_kernel=True,
-        sigma=sigma,
-        kernel_size=kernel_size,
-        data_range=PIXEL_MAX,
-        reduction="none",
-        return_full_image=True,
+    x, y = y_for_fidelity(sr, border), y_for_fidelity(hr, border)
+    kernel = gaussian_kernel_1d(kernel_size, sigma).to(x.device)
+    c1, c2 = (_SSIM_K1 * PIXEL_MAX) ** 2, (_SSIM_K2 * PIXEL_MAX) ** 2
+    mu_x, mu_y, xx, yy, xy = filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel).unbind(dim=1)
+    var_x, var_y, cov_xy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     )
-    return crop_border(ssim_map, kernel_size // 2).flatten(1).mean(dim=1)
+    return ssim_map.flatten(1).mean(dim=1)
 
 
 class PSNRY(PerImageMetric):

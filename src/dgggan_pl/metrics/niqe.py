@@ -32,12 +32,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgggan_pl.data.imresize import imresize
-from dgggan_pl.metrics.fidelity import crop_border, quantize_8bit, rgb_to_gray_uint8, rgb_to_y_uint8
+from dgggan_pl.metrics.fidelity import (
+    crop_border,
+    filter_valid,
+    gaussian_kernel_1d,
+    quantize_8bit,
+    rgb_to_gray_uint8,
+    rgb_to_y_uint8,
+)
 from dgggan_pl.metrics.per_image import PerImageMetric
 
 # MATLAB's neighbour shifts for the pairwise products, in `circshift(structdis, shift)` order.
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 _NUM_SCALES = 2  # `scalenum = 2` in computequality.m
+# The LIVE release's pristine model as committed to roimehrez/PIRM2018 (8347 bytes); conf/metrics repeats these.
+LIVE_MODEL_SHA256 = "fa2aa4d12dd9595c3fb6bf8b4e1a15c79d5d1469238d0901c88dead195be578d"
+LIVE_MODEL_URL = (
+    "https://raw.githubusercontent.com/roimehrez/PIRM2018/d585552a22b4eb95ddcb23a6edb74a0a3a5d6fbf/"
+    "utils/niqe_release/modelparameters.mat"
+)
 
 
 class NIQEModelError(FileNotFoundError):
@@ -117,15 +130,6 @@ def load_pristine_model(
     return mu, cov
 
 
-def gaussian_window(size: int, sigma: float) -> Tensor:
-    """MATLAB `fspecial('gaussian', size, sigma)` normalised to sum 1, float64 `(size, size)`."""
-    half = (size - 1) / 2
-    coords = torch.arange(size, dtype=torch.float64) - half
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    window = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
-    return window / window.sum()
-
-
 def gamma_tables(settings: NIQESettings) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The grid `gam = 0.2:0.001:10` and, per grid value, the AGGD ratio and the two Gamma-function factors.
 
@@ -157,7 +161,7 @@ class NIQE(torch.nn.Module):
         buffers = {
             "mu_pristine": mu_pristine.to(torch.float64).reshape(-1),
             "cov_pristine": cov_pristine.to(torch.float64),
-            "window": gaussian_window(s.window_size, s.window_sigma)[None, None],
+            "window": gaussian_kernel_1d(s.window_size, s.window_sigma),
             "gam": gam,
             "r_gam": r_gam,
             "beta_factor": beta_factor,
@@ -165,6 +169,17 @@ class NIQE(torch.nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
+
+    def _nearest_gamma(self, rhatnorm: Tensor) -> Tensor:
+        """`[~, i] = min((r_gam - rhatnorm).^2)`: r_gam is strictly increasing, so only the two grid values
+        around `rhatnorm` can win (ties -> the lower index, like MATLAB's first minimum; NaN -> index 1)."""
+        last = self.r_gam.numel() - 1
+        upper = torch.searchsorted(self.r_gam, rhatnorm.nan_to_num(0.0).contiguous()).clamp(1, last)
+        lower = upper - 1
+        d_lower = (self.r_gam[lower] - rhatnorm) ** 2
+        d_upper = (self.r_gam[upper] - rhatnorm) ** 2
+        index = torch.where(d_upper < d_lower, upper, lower)
+        return torch.where(rhatnorm.isnan(), 0, index)
 
     def _aggd(self, vec: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`estimateaggdparam.m` on the last dim of `vec` -> `(alpha, betal, betar, grid index of alpha)`."""
@@ -176,9 +191,7 @@ class NIQE(torch.nn.Module):
         gammahat = leftstd / rightstd
         rhat = vec.abs().mean(-1) ** 2 / sq.mean(-1)
         rhatnorm = rhat * (gammahat**3 + 1) * (gammahat + 1) / (gammahat**2 + 1) ** 2
-        diff = (self.r_gam - rhatnorm[..., None]) ** 2
-        # MATLAB's min ignores NaN and returns index 1 when all are NaN
-        index = torch.nan_to_num(diff, nan=float("inf")).argmin(dim=-1)
+        index = self._nearest_gamma(rhatnorm)
         alpha = self.gam[index]
         factor = self.beta_factor[index]
         return alpha, leftstd * factor, rightstd * factor, index
@@ -195,11 +208,12 @@ class NIQE(torch.nn.Module):
         return torch.stack(feats, dim=-1)
 
     def _mscn(self, image: Tensor) -> Tensor:
+        """MSCN coefficients; the Gaussian is applied separably (it is rank one, as MATLAB's imfilter also finds)."""
         pad = self.settings.window_size // 2
-        padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")
-        padded_sq = F.pad(image * image, (pad, pad, pad, pad), mode="replicate")
-        mu = F.conv2d(padded, self.window)
-        sigma = torch.sqrt((F.conv2d(padded_sq, self.window) - mu * mu).abs())
+        both = torch.cat([image, image * image], dim=1)
+        filtered = filter_valid(F.pad(both, (pad, pad, pad, pad), mode="replicate"), self.window)
+        mu, mean_sq = filtered[:, :1], filtered[:, 1:]
+        sigma = torch.sqrt((mean_sq - mu * mu).abs())
         mscn = (image - mu) / (sigma + self.settings.mscn_c)
         # On flat patches MATLAB's sign of (I - mu) is rounding noise that depends on how the filter sums;
         # zeroing it makes the value independent of the backend (docs/metrics.md, "NIQE deviations").

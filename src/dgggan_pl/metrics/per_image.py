@@ -78,7 +78,7 @@ class PerImageMetric(Metric):
 
     def per_image(self) -> tuple[Tensor, Tensor]:
         """`(scores, keys)` after deduplication (synchronised across ranks when called from `compute`)."""
-        if not self.scores:
+        if isinstance(self.scores, list) and not self.scores:  # after a DDP sync the states are tensors
             raise RuntimeError(f"{type(self).__name__}: compute() called before any update()")
         return unique_scores(dim_zero_cat(self.scores), dim_zero_cat(self.keys))
 

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from dgggan_pl.metrics.fidelity import PSNRY, SSIMY
-from dgggan_pl.metrics.niqe import NIQE, NIQEModelError, NIQEScore, NIQESettings, load_pristine_model
+from dgggan_pl.metrics.niqe import (
+    LIVE_MODEL_SHA256,
+    LIVE_MODEL_URL,
+    NIQE,
+    NIQEModelError,
+    NIQEScore,
+    NIQESettings,
+    load_pristine_model,
+)
 from dgggan_pl.metrics.per_image import PerImageMetric, name_key
 from dgggan_pl.metrics.perceptual import LPIPSScore, MaScore, build_lpips, build_nrqm, lpips_key
 
@@ -65,8 +73,8 @@ class BenchmarkMetrics(nn.Module):
         ssim_sigma: float = 1.5,
         niqe_convention: str = "pirm",
         niqe_model_path: str | None = None,
-        niqe_model_url: str | None = None,
-        niqe_model_sha256: str = "",
+        niqe_model_url: str | None = LIVE_MODEL_URL,
+        niqe_model_sha256: str = LIVE_MODEL_SHA256,
         niqe_settings: dict | None = None,
         nrqm_model_path: str | None = None,
         on_missing_model: str = "unavailable",

@@ -1,0 +1,160 @@
+"""The paper's result tables as Markdown and CSV: Table 3 (PSNR / SSIM) and Table 4 (PI / LPIPS).
+
+One row per method (a checkpoint or the bicubic baseline), one column group per benchmark set. A metric that
+could not be computed shows as `unavailable` (CSV) / `n/a` (Markdown) with its reason in a note below the
+table: never as a number.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY
+
+UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class SetResult:
+    """The metrics of one method on one benchmark set."""
+
+    values: dict[str, float]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# method label -> set name -> result
+Results = Mapping[str, Mapping[str, SetResult]]
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    digits: int
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    caption: str
+    columns: tuple[Column, ...]
+
+
+TABLE3 = TableSpec(
+    "table3_psnr_ssim",
+    "PSNR (dB) / SSIM on Y (MATLAB rgb2ycbcr), border = scale, per-image mean",
+    (Column("psnr", "PSNR", 2), Column("ssim", "SSIM", 4)),
+)
+
+
+def table4(lpips_key: str = LPIPS_KEY) -> TableSpec:
+    """Table 4 (PI / LPIPS); a random-backbone LPIPS gets its own, explicit column name."""
+    header = "LPIPS" if lpips_key == LPIPS_KEY else "LPIPS (RANDOM backbone, test only)"
+    if lpips_key not in (LPIPS_KEY, LPIPS_RANDOM_KEY):
+        raise ValueError(f"unknown LPIPS key {lpips_key!r}")
+    return TableSpec(
+        "table4_pi_lpips",
+        "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1), per-image mean; lower is better",
+        (Column("pi", "PI", 3), Column(lpips_key, header, 4)),
+    )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _reasons(results: Results, sets: Sequence[str], spec: TableSpec) -> dict[str, str]:
+    """`"method, set: metric"` -> reason, for every cell the table cannot fill."""
+    notes = {}
+    for method, by_set in results.items():
+        for set_name in sets:
+            result = by_set[set_name]
+            for col in spec.columns:
+                if col.key not in result.values:
+                    reason = result.unavailable.get(col.key, "not requested (metrics.benchmark.metrics)")
+                    notes[f"{col.header} ({method}, {set_name})"] = reason
+    return notes
+
+
+def markdown_table(results: Results, sets: Sequence[str], spec: TableSpec) -> str:
+    """The table in Markdown: cells `value / value` per set, then notes for unavailable values."""
+    headers = " / ".join(c.header for c in spec.columns)
+    lines = [f"{spec.caption}.", "", "| Method | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+    for method, by_set in results.items():
+        cells = []
+        for set_name in sets:
+            values = by_set[set_name].values
+            parts = [f"{values[c.key]:.{c.digits}f}" if c.key in values else "n/a" for c in spec.columns]
+            cells.append(" / ".join(parts))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", f"Cells: {headers}."]
+    notes = _reasons(results, sets, spec)
+    if notes:
+        lines += ["", "Unavailable values:"]
+        lines += [f"- {where}: {reason}" for where, reason in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(results: Results, sets: Sequence[str], spec: TableSpec) -> str:
+    """The same table as CSV, full precision: `method, <Set> <metric>, ...`; missing cells say `unavailable`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", *(f"{s} {c.header}" for s in sets for c in spec.columns)])
+    for method, by_set in results.items():
+        row = [method]
+        for set_name in sets:
+            values = by_set[set_name].values
+            row += [repr(values[c.key]) if c.key in values else UNAVAILABLE for c in spec.columns]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def per_image_csv(result: SetResult, metric_keys: Sequence[str]) -> str:
+    """One row per image (sorted by name) with every computed metric."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", *metric_keys])
+    for name in sorted(result.per_image):
+        row = result.per_image[name]
+        writer.writerow([name, *(repr(row[k]) if k in row else UNAVAILABLE for k in metric_keys)])
+    return buffer.getvalue()
+
+
+def write_tables(
+    results: Results, sets: Sequence[str], out_dir: Path, lpips_key: str = LPIPS_KEY
+) -> list[Path]:
+    """Write Tables 3 and 4 (`.md` and `.csv`) and per-image CSVs under `out_dir`; return the paths written."""
+    written = []
+    for spec in (TABLE3, table4(lpips_key)):
+        for suffix, render in ((".md", markdown_table), (".csv", csv_table)):
+            path = out_dir / f"{spec.name}{suffix}"
+            atomic_write_text(path, render(results, sets, spec))
+            written.append(path)
+    for method, by_set in results.items():
+        for set_name, result in by_set.items():
+            keys = list(result.values)
+            path = out_dir / "per_image" / safe_label(method) / f"{set_name}.csv"
+            atomic_write_text(path, per_image_csv(result, keys))
+            written.append(path)
+    return written
+
+
+def safe_label(label: str) -> str:
+    """A method label usable as a folder name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
