@@ -60,6 +60,9 @@ def atomic_destination(path: str | os.PathLike) -> Iterator[Path]:
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; shared weights get the usual umask permissions
     try:
         yield tmp
         os.replace(tmp, path)
