@@ -1,0 +1,134 @@
+"""`dgggan_pl.train.train` end to end at tiny width (debug=smoke) and its helpers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+
+from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
+from dgggan_pl.train import build_module, derive_max_steps, resolve_ckpt_path, train
+from dgggan_pl.weights import WeightsError
+
+SMOKE = ["debug=smoke", "logger=csv"]
+
+
+def run(compose, output_dir: Path, overrides: list[str]) -> dict[str, float]:
+    return train(compose([*overrides, *SMOKE, f"paths.output_dir={output_dir}"]))
+
+
+def csv_columns(output_dir: Path) -> set[str]:
+    (metrics_file,) = output_dir.glob("csv/version_*/metrics.csv")
+    with metrics_file.open() as file:
+        return set(next(csv.reader(file)))
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    from dgggan_pl.config import compose_config
+
+    output_dir = tmp_path_factory.mktemp("pretrain")
+    metrics = train(compose_config(["experiment=pretrain", *SMOKE, f"paths.output_dir={output_dir}"]))
+    return output_dir, metrics
+
+
+def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
+    output_dir, metrics = pretrain_run
+    info = json.loads((output_dir / "run_info.json").read_text())
+    assert info["status"] == "completed" and info["error"] is None and info["ablation"] == "none"
+    assert info["metrics"] == metrics
+    assert {"test/Sample/psnr", "test/Sample/ssim", "val/Sample/psnr"} <= metrics.keys()
+    assert not any(key.endswith("/lpips") for key in metrics)  # random backbone: labelled, never `lpips`
+    rank = json.loads((output_dir / "ranks" / "rank0.json").read_text())
+    assert rank["world_size"] == 1 and rank["config_sha256"] == info["config_sha256"]
+    resolved = OmegaConf.load(output_dir / "config_resolved.yaml")
+    assert resolved.loss.weights.adv == 0 and "${" not in (output_dir / "config_resolved.yaml").read_text()
+    assert list((output_dir / "panels").glob("*.png"))
+
+    checkpoint = torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4  # pretrain: one optimizer step per iteration, iterations=4
+    assert {key.split(".", 1)[0] for key in checkpoint["state_dict"]} == {"generator"}
+    assert checkpoint["hyper_parameters"]["model"]["generator"]["_target_"].endswith("DGGGANGenerator")
+    columns = csv_columns(output_dir)
+    assert {"train/loss_pixel", "train/loss_grad_branch", "train/loss_g", "val/Sample/psnr"} <= columns
+    assert "train/loss_adv" not in columns
+
+
+@pytest.mark.parametrize("experiment", ["full", pytest.param("demo", marks=pytest.mark.slow)])
+def test_gan_experiments_smoke_run(compose, tmp_path, experiment) -> None:
+    metrics = run(compose, tmp_path, [f"experiment={experiment}"])
+    assert "test/Sample/psnr" in metrics
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 8  # 4 iterations x (1 critic + 1 generator step)
+    assert {key.split(".", 1)[0] for key in checkpoint["state_dict"]} == {
+        "generator",
+        "image_critic",
+        "gradient_critic",
+    }
+    expected = {
+        "train/loss_adv",
+        "train/loss_adv_grad",
+        "train/loss_grad_img",
+        "train/critic_wdist",
+        "train/gp",
+    }
+    expected |= {"train/critic_grad_wdist", "train/gp_grad", "train/loss_g", "train/loss_pixel"}
+    if experiment == "full":
+        expected.add("train/loss_percept")
+    assert expected <= csv_columns(tmp_path)
+
+
+def test_init_from_loads_the_generator_strictly(compose, pretrain_run) -> None:
+    checkpoint_path = pretrain_run[0] / "checkpoints" / "last.ckpt"
+    module = build_module(compose(["experiment=full", "debug=smoke", f"model.init_from={checkpoint_path}"]))
+    state = torch.load(checkpoint_path, weights_only=True)["state_dict"]
+    for key, value in module.generator.state_dict().items():
+        assert torch.equal(value, state[f"generator.{key}"])
+    with pytest.raises(WeightsError, match="unexpected keys: \\['gradient_branch"):
+        build_module(compose(["ablation=no_grad", "debug=smoke", f"model.init_from={checkpoint_path}"]))
+
+
+def test_failed_run_is_recorded_and_reraised(compose, tmp_path) -> None:
+    with pytest.raises(InstantiationException, match="injection_blocks"):
+        run(compose, tmp_path, ["model.generator.injection_blocks=[7]"])
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["status"] == "failed" and "injection_blocks" in info["error"] and info["finished"]
+
+
+def test_max_steps_is_derived_from_iterations(compose) -> None:
+    assert derive_max_steps(compose(["experiment=full", "iterations=10"])) == 20
+    assert derive_max_steps(compose(["experiment=full", "iterations=10", "optim.n_critic=3"])) == 40
+    assert derive_max_steps(compose(["experiment=pretrain", "iterations=10"])) == 10
+    warm = ["experiment=full", "iterations=10", "optim.gan_start_iteration=4"]
+    assert derive_max_steps(compose(warm)) == 4 + 6 * 2
+    with pytest.raises(ValueError, match="set iterations=N instead"):
+        derive_max_steps(compose(["experiment=full", "+trainer.max_steps=5"]))
+
+
+def test_ckpt_path_last_must_exist(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoints/last.ckpt"):
+        resolve_ckpt_path("last", tmp_path)
+    assert resolve_ckpt_path(None, tmp_path) is None
+
+
+def test_checkpoint_write_interrupted_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def killed_mid_write(obj, file, *args, **kwargs):
+        file.write(b"partial")
+        raise KeyboardInterrupt  # what a kill during torch.save looks like to the writer
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"].item() == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temp file left behind
