@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from dgggan_pl.launch.summary import read_summary
 from dgggan_pl.report import main as report_main
@@ -21,8 +22,8 @@ SMOKE = ["debug=smoke", "logger=none"]
 SWEEP_TIMEOUT_S = 400  # a 2-job 2-rank smoke sweep takes ~1.5 min on 2 busy cores
 
 
-def _train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WANDB_MODE": "disabled", "LOCAL_RANK": "0", "MASTER_PORT": "1"}  # leaks to ignore
+def _train(tmp_path: Path, *overrides: str, wandb_mode: str = "disabled") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": wandb_mode, "LOCAL_RANK": "0", "MASTER_PORT": "1"}  # leaks to ignore
     return subprocess.run(
         [sys.executable, "-m", "dgggan_pl.train", "-m", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path,
@@ -39,7 +40,14 @@ def _ranks(job_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_ablation_sweep_runs_each_job_on_all_ranks(tmp_path: Path) -> None:
-    proc = _train(tmp_path, "ablation=no_grad,no_se", "trainer=ddp_cpu", *SMOKE)
+    proc = _train(
+        tmp_path,
+        "ablation=no_grad,no_se",
+        "trainer=ddp_cpu",
+        "debug=smoke",
+        "logger=wandb",
+        wandb_mode="offline",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweep = tmp_path / "sweep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no second sweep folder, no outputs/
@@ -51,11 +59,15 @@ def test_ablation_sweep_runs_each_job_on_all_ranks(tmp_path: Path) -> None:
     for job_dir, ablation in zip(job_dirs, ("no_grad", "no_se"), strict=True):
         ranks = _ranks(job_dir)
         assert [(r["global_rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
-        assert len({r["config_sha256"] for r in ranks}) == 1 and len({r["param_shapes_sha256"] for r in ranks}) == 1
+        for key in ("config_sha256", "param_shapes_sha256", "final_weights_sha256"):
+            assert ranks[0].get(key) == ranks[1].get(key), key  # same config, networks and trained weights
         info = json.loads((job_dir / "run_info.json").read_text())
         assert (info["status"], info["ablation"], info["seed"]) == ("completed", ablation, 0)
-        assert info["git_rev"] and info["config_sha256"] == ranks[0]["config_sha256"]
+        assert info["git_rev"] and info["config_sha256"]
         assert (job_dir / ".hydra" / "config.yaml").is_file() and (job_dir / "train_rank1.log").is_file()
+        wandb_cfg = OmegaConf.load(job_dir / "config_resolved.yaml").logger.wandb
+        assert wandb_cfg.group == str(sweep) and list(wandb_cfg.tags) == [ablation]  # one group per sweep
+        assert len(list((job_dir / "wandb").glob("offline-run-*"))) == 1  # rank 0 only
         shapes.append(ranks[0]["param_shapes_sha256"])
     assert shapes[0] != shapes[1]  # the two jobs really built their own ablation
 
@@ -64,12 +76,17 @@ def test_ablation_sweep_runs_each_job_on_all_ranks(tmp_path: Path) -> None:
 def test_failed_job_is_reported_and_the_other_completes(tmp_path: Path) -> None:
     # se_reduction=16 leaves no SE hidden channel at the smoke width (8): an invalid value for every job
     # that builds SE blocks (no_grad), ignored by no_se, which has none.
-    proc = _train(tmp_path, "ablation=no_grad,no_se", "trainer=ddp_cpu", *SMOKE, "model.generator.se_reduction=16")
+    proc = _train(
+        tmp_path, "ablation=no_grad,no_se", "trainer=ddp_cpu", *SMOKE, "model.generator.se_reduction=16"
+    )
     assert proc.returncode != 0
     assert "1 of 2 sweep jobs failed: #0 (ablation=no_grad" in proc.stderr + proc.stdout
     sweep = tmp_path / "sweep"
     assert [r.status for r in read_summary(sweep)] == ["failed", "completed"]
-    infos = {json.loads(p.read_text())["ablation"]: json.loads(p.read_text()) for p in sweep.glob("*/run_info.json")}
+    infos = {
+        json.loads(p.read_text())["ablation"]: json.loads(p.read_text())
+        for p in sweep.glob("*/run_info.json")
+    }
     assert infos["no_grad"]["status"] == "failed" and "se_reduction" in infos["no_grad"]["error"]
     assert infos["no_se"]["status"] == "completed" and infos["no_se"]["metrics"]
 
