@@ -113,6 +113,25 @@ def test_missing_ablation_and_mean_over_seeds(tmp_path: Path, compose: Callable[
     )
 
 
+def test_table2_uses_the_first_set_when_set5_was_not_tested(
+    tmp_path: Path, compose: Callable[..., DictConfig]
+) -> None:
+    sweep = tmp_path / "sweep"
+    _job(sweep, 0, "no_se", "completed", compose, {"test/Sample/psnr": 20.0, "test/Zeta/psnr": 1.0})
+    markdown, tables = build_report(sweep)
+    assert "SE block (Sample)" in markdown
+    assert tables["table2.csv"][1][:7] == ["×", "no_se", "completed", "Sample", "", "", "20"]
+
+
+def test_multiline_errors_stay_on_one_markdown_line(
+    tmp_path: Path, compose: Callable[..., DictConfig]
+) -> None:
+    sweep = tmp_path / "sweep"
+    _job(sweep, 0, "no_se", "failed", compose, error="Boom:\nValueError('x | y')")
+    markdown, _ = build_report(sweep)
+    assert "Boom: ValueError('x \\| y')" in markdown and "Boom:\n" not in markdown
+
+
 def test_cli_writes_markdown_and_csv(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     main([str(sweep), "--out", str(out)])

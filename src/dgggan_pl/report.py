@@ -31,9 +31,9 @@ TABLE2_ROWS = (("×", "no_se"), ("√", "none"))  # Table 2: SE block
 # (key, title, decimals): PI first, the paper's metric, printed as the paper prints it (4 decimals).
 METRICS = (("pi", "PI", 4), ("niqe", "NIQE", 4), ("psnr", "PSNR dB", 2))
 DEFAULT_TABLE2_SET = "Set5"  # the paper's Table 2 PI (3.2559) is its Table 1 Set5 value (else the first set)
-PI_UNAVAILABLE = (
-    "the jobs' test metrics have no `{metric}` (no Ma/NRQM backend was available to the metrics suite; "
-    "see docs/metrics.md)"
+UNAVAILABLE = (
+    "no completed job has a test `{metric}`: the metrics suite reported it unavailable (the reason is in each "
+    "job's train.log; PI needs NIQE's pristine model and the optional Ma/NRQM backend, see docs/metrics.md)"
 )
 
 
@@ -150,6 +150,11 @@ def table2(
     return lines + _md_table(header, md_rows) + [""], csv_rows
 
 
+def _one_line(text: str | None) -> str:
+    """An error message fit for one Markdown line (tracebacks and repr()s span several)."""
+    return " ".join((text or "no error recorded").split())
+
+
 def _csv_value(cell: Cell) -> str:
     return "" if cell.value is None else f"{cell.value:.6g}"
 
@@ -163,13 +168,13 @@ def notes(jobs: Sequence[JobResult], sets: Sequence[str]) -> list[str]:
     for job in jobs:
         if job.status != "completed":
             lines.append(
-                f"- **{job.status}**: job {job.name} (`ablation={job.ablation}`): {job.error or 'no error recorded'}"
+                f"- **{job.status}**: job {job.name} (`ablation={job.ablation}`): {_one_line(job.error)}"
             )
     completed = [job for job in jobs if job.status == "completed"]
     for metric, title, _ in METRICS:
         if completed and not any(metric_key(s, metric) in j.metrics for j in completed for s in sets):
             reasons = {j.unavailable[metric] for j in completed if metric in j.unavailable}
-            reason = "; ".join(sorted(reasons)) or PI_UNAVAILABLE.format(metric=metric)
+            reason = "; ".join(sorted(reasons)) or UNAVAILABLE.format(metric=metric)
             lines.append(f"- **{title} unavailable** (n/a): {reason}.")
     return lines
 
@@ -189,17 +194,20 @@ def jobs_table(jobs: Sequence[JobResult]) -> tuple[list[str], list[list[str]]]:
         for job in jobs
     ]
     md_rows = [
-        [r[0], r[1], r[2], (r[3] or "")[:12], r[4], f"`{r[5]}`", r[6].replace("|", "\\|")] for r in rows
+        [r[0], r[1], r[2], (r[3] or "")[:12], r[4], f"`{r[5]}`", _one_line(r[6]).replace("|", "\\|")]
+        for r in rows
     ]
     return ["### Jobs", "", *_md_table(header, md_rows), ""], [header, *rows]
 
 
-def build_report(
-    sweep_dir: Path, table2_set: str = DEFAULT_TABLE2_SET
-) -> tuple[str, dict[str, list[list[str]]]]:
-    """(Markdown, {csv file name: rows}) for the sweep in `sweep_dir`."""
+def build_report(sweep_dir: Path, table2_set: str | None = None) -> tuple[str, dict[str, list[list[str]]]]:
+    """(Markdown, {csv file name: rows}) for the sweep in `sweep_dir`.
+
+    `table2_set` defaults to Set5 (the paper's choice) or, when the jobs were not tested on Set5, the first set.
+    """
     jobs = collect_jobs(sweep_dir)
     sets = discover_sets(jobs)
+    table2_set = table2_set or (DEFAULT_TABLE2_SET if DEFAULT_TABLE2_SET in sets else sets[0])
     complexity = {}
     for _, ablation in TABLE2_ROWS:
         configured = [job for job in _jobs_of(jobs, ablation) if job.config() is not None]
@@ -232,7 +240,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("sweep_dir", type=Path, help="a sweep folder of `python -m dgggan_pl.train -m ...`")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <sweep_dir>/report)")
     parser.add_argument(
-        "--table2-set", default=None, help=f"benchmark of Table 2's metrics (default {DEFAULT_TABLE2_SET} if tested)"
+        "--table2-set",
+        default=None,
+        help=f"benchmark of Table 2's metrics (default {DEFAULT_TABLE2_SET} if tested)",
     )
     args = parser.parse_args(argv)
     try:
