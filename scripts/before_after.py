@@ -25,7 +25,7 @@ from dgggan_pl.weights import load_generator
 
 GAP = 8  # white pixels between panels
 LABEL_HEIGHT = 16  # pixels above each panel for its caption
-TILE = 64  # LR pixels per tile (upscale's default)
+TILE = 128  # LR pixels per tile (upscale's default)
 
 
 def panels(

@@ -1,4 +1,4 @@
-"""Tiled, seam-free x4 inference with memory bounded by the tile size.
+"""Tiled, seam-free x4 inference: working memory bounded by the tile, plus a few LR maps of the image.
 
 Why not just cut the image into overlapping tiles and run the whole generator on each? Every EMSRB ends in
 squeeze-and-excitation, whose gate is a GLOBAL average over the image: a tile would see its own statistics,

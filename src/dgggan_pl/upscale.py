@@ -25,9 +25,9 @@ from dgggan_pl.models.generator import DGGGANGenerator
 from dgggan_pl.tiling import upscale_tiled
 from dgggan_pl.weights import WeightsError, load_generator
 
-DEFAULT_TILE = (
-    64  # LR pixels per HR-stage tile: fastest measured on CPU, ~1 GiB peak at C = 64 (docs/inference.md)
-)
+# LR pixels per HR-stage tile: 1.3 GiB peak RSS at C = 64, and fewer, larger ops than 64 (which is a little
+# faster on one thread but thread-bound on a busy 2-core box); figures in docs/inference.md.
+DEFAULT_TILE = 128
 OUTPUT_SUFFIX = ".png"  # lossless, whatever the input format
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 EXIT_FAILED_INPUTS = 1
