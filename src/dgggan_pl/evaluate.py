@@ -8,6 +8,7 @@ optionally `images/<method>/<Set>/<name>.png`, and to the configured loggers (W&
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -101,7 +102,8 @@ def evaluate_set(
     return SetResult(metrics.compute(), dict(metrics.unavailable), metrics.per_image())
 
 
-def log_results(loggers: list, results: dict[str, dict[str, SetResult]]) -> None:
+def log_results(loggers: list, results: dict[str, dict[str, SetResult]], table_files: list[Path]) -> None:
+    """Scalars `eval/<method>/<Set>/<metric>` to every logger; the CSV tables as W&B tables where supported."""
     flat = {
         f"eval/{label}/{set_name}/{key}": value
         for label, by_set in results.items()
@@ -110,6 +112,10 @@ def log_results(loggers: list, results: dict[str, dict[str, SetResult]]) -> None
     }
     for logger in loggers:
         logger.log_metrics(flat)
+        if hasattr(logger, "log_table"):  # WandbLogger
+            for path in table_files:
+                header, *rows = list(csv.reader(path.open(encoding="utf-8")))
+                logger.log_table(key=f"eval/{path.stem}", columns=header, data=rows)
         logger.finalize("success")
 
 
@@ -130,11 +136,13 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, SetResult]]:
             log.info("%s %s: %s", label, set_name, results[label][set_name].values)
     any_result = results[next(iter(results))][cfg.sets[0]]
     lpips_key = LPIPS_RANDOM_KEY if LPIPS_RANDOM_KEY in any_result.values else LPIPS_KEY
-    for path in write_tables(results, list(cfg.sets), out_dir, lpips_key):
+    written = write_tables(results, list(cfg.sets), out_dir, lpips_key)
+    for path in written:
         log.info("wrote %s", path)
     from dgggan_pl.train import instantiate_loggers
 
-    log_results(instantiate_loggers(cfg.get("logger")), results)
+    tables = [p for p in written if p.suffix == ".csv" and p.parent == out_dir]
+    log_results(instantiate_loggers(cfg.get("logger")), results, tables)
     return results
 
 

@@ -183,28 +183,33 @@ class NIQE(torch.nn.Module):
 
     def _aggd(self, vec: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`estimateaggdparam.m` on the last dim of `vec` -> `(alpha, betal, betar, grid index of alpha)`."""
-        neg, pos = vec < 0, vec > 0
         sq = vec * vec
+        neg = vec < 0
+        n_neg = neg.sum(-1)
+        n_pos = (vec > 0).sum(-1)
+        sq_neg = torch.where(neg, sq, 0.0).sum(-1)
+        sq_pos = torch.where(vec > 0, sq, 0.0).sum(-1)
         # mean over an empty side is NaN, as in MATLAB (0 / 0)
-        leftstd = torch.sqrt((sq * neg).sum(-1) / neg.sum(-1))
-        rightstd = torch.sqrt((sq * pos).sum(-1) / pos.sum(-1))
+        leftstd = torch.sqrt(sq_neg / n_neg)
+        rightstd = torch.sqrt(sq_pos / n_pos)
         gammahat = leftstd / rightstd
         rhat = vec.abs().mean(-1) ** 2 / sq.mean(-1)
         rhatnorm = rhat * (gammahat**3 + 1) * (gammahat + 1) / (gammahat**2 + 1) ** 2
         index = self._nearest_gamma(rhatnorm)
-        alpha = self.gam[index]
         factor = self.beta_factor[index]
-        return alpha, leftstd * factor, rightstd * factor, index
+        return self.gam[index], leftstd * factor, rightstd * factor, index
 
     def _block_features(self, blocks: Tensor) -> Tensor:
-        """`computefeature.m`: `(B, N, h, w)` MSCN blocks -> `(B, N, 18)`."""
-        alpha, betal, betar, _ = self._aggd(blocks.flatten(-2))
-        feats = [alpha, (betal + betar) / 2]
-        for shift in _SHIFTS:
-            pair = blocks * torch.roll(blocks, shifts=shift, dims=(-2, -1))
-            alpha, betal, betar, index = self._aggd(pair.flatten(-2))
-            meanparam = (betar - betal) * self.mean_factor[index]
-            feats += [alpha, meanparam, betal, betar]
+        """`computefeature.m`: `(B, N, h, w)` MSCN blocks -> `(B, N, 18)`.
+
+        The coefficients and their 4 neighbour products are fitted in one `_aggd` call (dim 2 of the stack).
+        """
+        products = [blocks * torch.roll(blocks, shifts=shift, dims=(-2, -1)) for shift in _SHIFTS]
+        alpha, betal, betar, index = self._aggd(torch.stack([blocks, *products], dim=2).flatten(-2))
+        feats = [alpha[..., 0], (betal[..., 0] + betar[..., 0]) / 2]
+        meanparam = (betar - betal) * self.mean_factor[index]
+        for k in range(1, len(_SHIFTS) + 1):
+            feats += [alpha[..., k], meanparam[..., k], betal[..., k], betar[..., k]]
         return torch.stack(feats, dim=-1)
 
     def _mscn(self, image: Tensor) -> Tensor:
