@@ -194,7 +194,15 @@ def jobs_table(jobs: Sequence[JobResult]) -> tuple[list[str], list[list[str]]]:
         for job in jobs
     ]
     md_rows = [
-        [r[0], r[1], r[2], (r[3] or "")[:12], r[4], f"`{r[5]}`", _one_line(r[6]).replace("|", "\\|")]
+        [
+            r[0],
+            r[1],
+            r[2],
+            (r[3] or "")[:12],
+            r[4],
+            f"`{r[5]}`",
+            (_one_line(r[6]) if r[6] else "").replace("|", "\\|"),
+        ]
         for r in rows
     ]
     return ["### Jobs", "", *_md_table(header, md_rows), ""], [header, *rows]
