@@ -193,3 +193,28 @@ def test_toy_sweep_runs_each_job_fresh_and_reports_failure(tmp_path: Path) -> No
         assert record["group"] == str(sweep) and record["mode"] == "RunMode.RUN"
         assert (path.parent / ".hydra" / "overrides.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.py", "conf", "sweep"]  # one sweep folder
+
+
+def test_a_job_that_cannot_be_composed_fails_alone(tmp_path: Path) -> None:
+    """Sweepers that do not pre-validate overrides: the bad job is recorded as failed, nothing is started."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.utils import JobStatus
+    from hydra.types import HydraContext
+    from hydra.utils import instantiate
+
+    sweep = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.sweep.dir={sweep}"], return_hydra_config=True)
+    launcher = instantiate(cfg.hydra.launcher)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    launcher.setup(hydra_context=HydraContext(loader, Callbacks()), task_function=lambda _: None, config=cfg)
+    (ret,) = launcher.launch([["ablation=does_not_exist"]], initial_job_idx=0)
+    assert ret.status == JobStatus.FAILED
+    with pytest.raises(
+        RuntimeError, match=r"1 of 1 sweep jobs failed: #0 \(ablation=does_not_exist\): config"
+    ):
+        _ = ret.return_value
+    (record,) = read_summary(sweep)
+    assert record.status == "failed" and record.command == [] and "does_not_exist" in record.error

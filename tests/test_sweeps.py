@@ -65,6 +65,7 @@ def test_ablation_sweep_runs_each_job_on_all_ranks(tmp_path: Path) -> None:
         assert (info["status"], info["ablation"], info["seed"]) == ("completed", ablation, 0)
         assert info["git_rev"] and info["config_sha256"]
         assert (job_dir / ".hydra" / "config.yaml").is_file() and (job_dir / "train_rank1.log").is_file()
+        assert not list(job_dir.glob("train_ddp_process_*.log"))  # Lightning's own launcher never ran
         wandb_cfg = OmegaConf.load(job_dir / "config_resolved.yaml").logger.wandb
         assert wandb_cfg.group == str(sweep) and list(wandb_cfg.tags) == [ablation]  # one group per sweep
         assert len(list((job_dir / "wandb").glob("offline-run-*"))) == 1  # rank 0 only
