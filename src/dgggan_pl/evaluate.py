@@ -89,13 +89,17 @@ def build_methods(cfg: DictConfig, device: torch.device) -> dict[str, Upscaler]:
 
 
 def evaluate_set(
-    upscale: Upscaler, dataset: BenchmarkDataset, metrics: BenchmarkMetrics, image_dir: Path | None, desc: str
+    upscale: Upscaler,
+    dataset: BenchmarkDataset,
+    metrics: BenchmarkMetrics,
+    device: torch.device,
+    image_dir: Path | None = None,
+    desc: str = "",
 ) -> SetResult:
-    """Score every image of `dataset` (one at a time: sizes differ) and return the set's result."""
-    device = next(iter(metrics.buffers()), torch.empty(0)).device
+    """Score every image of `dataset` on `device` (one at a time: sizes differ) and return the set's result."""
     for item in tqdm(dataset, desc=desc, unit="img", disable=desc == ""):
-        sr = upscale(item["lr"][None].to(device))
-        hr = item["hr"][None].to(sr.device)
+        sr = upscale(item["lr"][None].to(device)).to(device)
+        hr = item["hr"][None].to(device)
         metrics.update(sr, hr, [item["name"]])
         if image_dir is not None:
             save_image(sr[0].cpu(), image_dir / f"{item['name']}.png")
@@ -132,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, SetResult]]:
             metrics = factory().to(device)
             image_dir = out_dir / "images" / safe_label(label) / set_name if cfg.save_images else None
             desc = f"{label} {set_name}" if cfg.progress else ""
-            results[label][set_name] = evaluate_set(upscale, dataset, metrics, image_dir, desc)
+            results[label][set_name] = evaluate_set(upscale, dataset, metrics, device, image_dir, desc)
             log.info("%s %s: %s", label, set_name, results[label][set_name].values)
     any_result = results[next(iter(results))][cfg.sets[0]]
     lpips_key = LPIPS_RANDOM_KEY if LPIPS_RANDOM_KEY in any_result.values else LPIPS_KEY
