@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -245,8 +246,11 @@ class DGGGANModule(LightningModule):
                 live = list(self.generator.parameters()) + list(self.generator.buffers())
                 torch._foreach_lerp_(ema, live, 1.0 - decay)
         schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step()
+        with warnings.catch_warnings():
+            # The critic optimizer idles during the generator-only warm-up, but its schedule counts iterations.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
         self.iteration += 1
         self.log("train/lr_g", self.optimizers_list()[0].param_groups[0]["lr"])
         self.log("train/iteration", float(self.iteration), prog_bar=True)
