@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from dgggan_pl.train import train
@@ -32,7 +31,6 @@ def run(compose, output_dir: Path, iterations: int, ckpt_path: str | None = None
     return torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.slow
 def test_resume_from_last_is_bit_identical(compose, tmp_path) -> None:
     straight = run(compose, tmp_path / "straight", ITERATIONS)
     half = run(compose, tmp_path / "resumed", ITERATIONS // 2)

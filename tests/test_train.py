@@ -60,7 +60,7 @@ def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
     assert "train/loss_adv" not in columns
 
 
-@pytest.mark.parametrize("experiment", ["full", pytest.param("demo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("experiment", ["full", "demo"])
 def test_gan_experiments_smoke_run(compose, tmp_path, experiment) -> None:
     metrics = run(compose, tmp_path, [f"experiment={experiment}"])
     assert "test/Sample/psnr" in metrics

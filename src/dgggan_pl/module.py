@@ -315,7 +315,9 @@ class DGGGANModule(LightningModule):
             if name not in self._metrics:
                 continue
             for key, value in self._metrics[name].compute().items():
-                self.log(f"{prefix}/{name}/{key}", float(value), add_dataloader_idx=False)
+                # BenchmarkMetrics is already synchronised across ranks (torchmetrics states), so every rank
+                # holds the same value; sync_dist averages identical numbers and keeps Lightning quiet.
+                self.log(f"{prefix}/{name}/{key}", float(value), add_dataloader_idx=False, sync_dist=True)
             self._metrics[name].reset()
 
     def on_validation_epoch_end(self) -> None:
