@@ -132,3 +132,11 @@ def test_checkpoint_write_interrupted_keeps_the_previous_file(tmp_path, monkeypa
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["step"].item() == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temp file left behind
+
+
+def test_bf16_autocast_smoke_run_keeps_a_finite_penalty(compose, tmp_path) -> None:
+    run(compose, tmp_path, ["experiment=full", "trainer.precision=bf16-mixed", "data.test_sources={}"])
+    (metrics_file,) = tmp_path.glob("csv/version_*/metrics.csv")
+    with metrics_file.open() as file:
+        penalties = [float(row["train/gp"]) for row in csv.DictReader(file) if row.get("train/gp")]
+    assert len(penalties) == 4 and all(torch.isfinite(torch.tensor(penalties)))
