@@ -14,12 +14,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dgggan_pl.callbacks.run_info import write_text_atomic
 from dgggan_pl.data.datamodule import SRDataModule
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.io import save_image, to_float
 from dgggan_pl.data.sample import load_sample_image
 from dgggan_pl.data.transforms import mod_crop
+from dgggan_pl.utils.atomic import write_text_atomic
 
 IMAGE = "chelsea"  # a validation image of data=sample: never seen in training
 
@@ -83,7 +83,7 @@ def main(demo_dir: Path) -> None:
 
     unavailable = dict(instantiate(cfg.metrics.benchmark)().unavailable)
     table = metrics_table(info["metrics"], bicubic_metrics(cfg, cfg.scale), unavailable)
-    write_text_atomic(f"# DGGGAN demo ({cfg.iterations} iterations, CPU)\n\n{table}", demo_dir / "metrics.md")
+    write_text_atomic(demo_dir / "metrics.md", f"# DGGGAN demo ({cfg.iterations} iterations, CPU)\n\n{table}")
     print(table)
     print(f"Upscaled image: {sr_path} (input {lr_path}, bicubic {demo_dir / f'{IMAGE}_bicubic_x4.png'})")
     print(f"Metrics table:  {demo_dir / 'metrics.md'}   Run folder: {run_dir}")

@@ -43,6 +43,9 @@ def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
     info = json.loads((output_dir / "run_info.json").read_text())
     assert info["status"] == "completed" and info["error"] is None and info["ablation"] == "none"
     assert info["metrics"] == metrics
+    assert (
+        "pi" in info["metrics_unavailable"] and info["metrics_unavailable"]["pi"]
+    )  # the reason, for reports
     assert {"test/Sample/psnr", "test/Sample/ssim", "val/Sample/psnr"} <= metrics.keys()
     assert not any(key.endswith("/lpips") for key in metrics)  # random backbone: labelled, never `lpips`
     rank = json.loads((output_dir / "ranks" / "rank0.json").read_text())

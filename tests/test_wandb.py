@@ -72,3 +72,7 @@ def test_offline_wandb_run_holds_training_and_validation_keys(compose, tmp_path,
     assert "val/Sample/pi" not in history  # unavailable here (no NIQE/Ma models): reported, never faked
     assert summary["model/generator_params"] > 0
     assert list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/panels_*.png"))
+    # forcing W&B offline must not change the recorded config: rank records and run_info agree
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    rank = json.loads((tmp_path / "ranks" / "rank0.json").read_text())
+    assert info["config_sha256"] == rank["config_sha256"]

@@ -9,8 +9,6 @@ The DGGGAN rows are built from the real Hydra configs; the baselines are the ref
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dgggan_pl.config import compose_config
 from dgggan_pl.models.baselines import RRDBNet, SPSRGenerator
+from dgggan_pl.utils.atomic import write_text_atomic
 
 DEFAULT_LR_SIZE = (48, 48)  # DESIGN.md §4: LR training patch 48 (HR 192)
 REFERENCE_NAMES = ("RRDBNet", "SPSR")
@@ -128,13 +127,6 @@ def format_table(rows: Sequence[ComplexityRow], lr_size: Sequence[int] = DEFAULT
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dgggan_pl.complexity", description=__doc__.splitlines()[0]
@@ -157,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = format_table(complexity_rows(args.lr_size, args.models), args.lr_size)
     print(table, end="")
     if args.output is not None:
-        _write_atomic(table, args.output)
+        write_text_atomic(args.output, table)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dgggan_pl.utils.atomic import atomic_path
 from dgggan_pl.weights import (
     CKPT_SUFFIX,
     WeightsError,
-    atomic_destination,
     load_generator,
     save_generator_safetensors,
 )
@@ -72,7 +72,7 @@ def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None
         wrapper, (sample,), dynamo=True, input_names=[ONNX_INPUT], output_names=outputs,
         dynamic_shapes=dynamic, opset_version=opset, verbose=False,
     )  # fmt: skip
-    with atomic_destination(path) as tmp:
+    with atomic_path(path) as tmp:
         program.save(str(tmp), external_data=False)  # one self-contained file (the C=64 model is ~60 MB)
         return check_onnx(wrapper, tmp, name=path)
 

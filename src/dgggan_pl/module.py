@@ -299,7 +299,7 @@ class DGGGANModule(LightningModule):
         out = self.eval_generator(batch["lr"])
         sr = out.sr.clamp(0, 1)
         if self._metrics:
-            self._metrics[set_names[dataloader_idx]].update(sr.float(), batch["hr"].float())
+            self._metrics[set_names[dataloader_idx]].update(sr.float(), batch["hr"].float(), batch["name"])
         return {"sr": sr, "grad_map": out.grad_map}
 
     def validation_step(

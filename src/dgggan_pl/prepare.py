@@ -32,6 +32,7 @@ from dgggan_pl.data.io import list_images, read_image
 from dgggan_pl.data.packed import pack_folder
 from dgggan_pl.data.subimages import WindowSpec, extract, subimage_name, window_boxes
 from dgggan_pl.data.transforms import check_pair_sizes, mod_crop
+from dgggan_pl.utils.atomic import write_json_atomic
 
 # DESIGN.md §5 (SPSR's DIV2K preprocessing): 480x480 HR sub-images, step 240, edge window if leftover > 48.
 HR_CROP = 480
@@ -65,12 +66,6 @@ class Task:
     settings: Settings
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _process(task: Task) -> tuple[str, int, str | None]:
     """Cut one source image; returns (stem, sub-image count, error message or None). Runs in a worker."""
     from dgggan_pl.data.io import save_image  # imported here: workers may be spawned
@@ -101,7 +96,7 @@ def _process(task: Task) -> tuple[str, int, str | None]:
             for image, folder in ((hr_sub, task.hr_out), (lr_sub, task.lr_out)):
                 written.append(folder / name)
                 save_image(image, folder / name)
-        _write_json_atomic({"source": str(task.hr_path), "count": len(boxes)}, task.done_dir / f"{stem}.json")
+        write_json_atomic(task.done_dir / f"{stem}.json", {"source": str(task.hr_path), "count": len(boxes)})
         return stem, len(boxes), None
     except Exception as error:  # reported per image; the run goes on with the others
         for path in written:
@@ -124,7 +119,7 @@ def _check_settings(out_dir: Path, settings: Settings) -> None:
                 "Use another --out-dir or delete the old output."
             )
     else:
-        _write_json_atomic(asdict(settings), path)
+        write_json_atomic(path, asdict(settings))
 
 
 def prepare(

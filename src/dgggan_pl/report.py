@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from hydra.utils import instantiate
 
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, count_gflops, count_parameters
 from dgggan_pl.launch.results import JobResult, collect_jobs
+from dgggan_pl.utils.atomic import write_text_atomic
 
 PAPER_SETS = ("Set5", "Set14", "BSD100", "Urban100")  # column order of the paper's tables
 # (row label, ablation name): the paper marks "without" with x and "with" with a check mark.
@@ -229,14 +228,6 @@ def build_report(sweep_dir: Path, table2_set: str | None = None) -> tuple[str, d
     return "\n".join(lines), {"table1.csv": csv1, "table2.csv": csv2, "jobs.csv": csv_jobs}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", newline="") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def _csv_text(rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -258,9 +249,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     out = args.out or args.sweep_dir / "report"
-    write_atomic(out / "report.md", markdown + "\n")
+    write_text_atomic(out / "report.md", markdown + "\n")
     for name, rows in tables.items():
-        write_atomic(out / name, _csv_text(rows))
+        write_text_atomic(out / name, _csv_text(rows))
     sys.stdout.write(markdown + f"\nWritten: {out}/report.md, " + ", ".join(tables) + "\n")
 
 

@@ -22,12 +22,13 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
-from dgggan_pl.callbacks.run_info import RankRecord, RunRecord, write_text_atomic
+from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
 from dgggan_pl.config import config_dir
 from dgggan_pl.module import DGGGANModule, critics_enabled
+from dgggan_pl.utils.atomic import write_text_atomic
 from dgggan_pl.weights import load_generator, load_state_dict_strict
 
 log = logging.getLogger(__name__)
@@ -85,17 +86,19 @@ def instantiate_loggers(node: DictConfig | None) -> list[Logger]:
     """Build every logger of `cfg.logger`; W&B goes offline (with a note on syncing) when it must."""
     loggers: list[Logger] = []
     for name, logger_cfg in (node or {}).items():
+        overrides: dict[str, Any] = {}
         if logger_cfg.get("_target_", "").endswith("WandbLogger"):
             reason = wandb_offline_reason()
             if reason is not None:
-                with open_dict(logger_cfg):
-                    logger_cfg.offline = True
+                overrides["offline"] = (
+                    True  # an instantiate kwarg: the run config (and its hash) stays as given
+                )
                 _note(
                     f"W&B runs offline ({reason}); sync later with "
                     f"`wandb sync {logger_cfg.save_dir}/wandb/offline-run-*`"
                 )
         log.debug("logger %s", name)
-        loggers.append(instantiate(logger_cfg))
+        loggers.append(instantiate(logger_cfg, **overrides))
     return loggers
 
 
@@ -111,7 +114,7 @@ def _note(message: str) -> None:
 @rank_zero_only
 def write_resolved_config(cfg: DictConfig, output_dir: Path) -> None:
     """The run folder keeps the fully resolved config (Hydra's `.hydra/config.yaml` keeps interpolations)."""
-    write_text_atomic(OmegaConf.to_yaml(cfg, resolve=True), output_dir / RESOLVED_CONFIG)
+    write_text_atomic(output_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def build_module(cfg: DictConfig) -> DGGGANModule:
@@ -164,7 +167,10 @@ def _float_metrics(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> dic
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefixes)}
 
 
-def run_fit_and_test(cfg: DictConfig, output_dir: Path, loggers: list[Logger]) -> dict[str, float]:
+def run_fit_and_test(
+    cfg: DictConfig, output_dir: Path, loggers: list[Logger]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Fit, then test the best checkpoint; returns the final metrics and the metrics unavailable here (why)."""
     datamodule: LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RankRecord(cfg, output_dir)]
@@ -183,7 +189,7 @@ def run_fit_and_test(cfg: DictConfig, output_dir: Path, loggers: list[Logger]) -
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics |= _float_metrics(trainer.callback_metrics, ("test/",))
-    return metrics
+    return metrics, module.unavailable_metrics()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -196,12 +202,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers: list[Logger] = []
     try:
         loggers = instantiate_loggers(cfg.get("logger"))
-        metrics = run_fit_and_test(cfg, output_dir, loggers)
+        metrics, unavailable = run_fit_and_test(cfg, output_dir, loggers)
     except BaseException as error:
         record.fail(error)
         close_loggers(loggers, failed=True)
         raise
-    record.complete(metrics)
+    record.complete(metrics, unavailable)
     close_loggers(loggers, failed=False)
     return metrics
 

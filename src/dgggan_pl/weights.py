@@ -14,14 +14,12 @@ The config is only ever instantiated when every `_target_` in it names a class d
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import inspect
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dgggan_pl.models.generator import DGGGANGenerator
+from dgggan_pl.utils.atomic import atomic_path
 
 ALLOWED_TARGET_PREFIX = "dgggan_pl.models."
 CKPT_SUFFIX = ".ckpt"
@@ -47,28 +46,6 @@ EMA_PREFIX = "generator_ema."
 
 class WeightsError(RuntimeError):
     """A weights file is missing, unsafe, malformed or does not match its config (the message names it)."""
-
-
-@contextlib.contextmanager
-def atomic_destination(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in `path`'s folder; on success it replaces `path` (`os.replace`), else it is removed.
-
-    Readers never see a half-written file under the final name, even if the process is killed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; shared weights get the usual umask permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sidecar_path(weights_path: str | os.PathLike) -> Path:
@@ -252,11 +229,11 @@ def save_generator_safetensors(
     check_generator_config(config, path)  # refuse now what load_generator would refuse later
     sidecar = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "ema": ema, "generator": dict(config)}
     config_path = sidecar_path(path)
-    with atomic_destination(config_path) as tmp:
+    with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tensors = {
         key: value.detach().cpu().contiguous().clone() for key, value in generator.state_dict().items()
     }
-    with atomic_destination(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": SIDECAR_FORMAT})
     return config_path

@@ -6,10 +6,7 @@ Sweeps and the report read these instead of scraping logs; they are written atom
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import subprocess
-import tempfile
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,25 +16,10 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
+from dgggan_pl.utils.atomic import write_json_atomic
+
 RUN_INFO_FILE = "run_info.json"
 RANK_DIR = "ranks"
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write to a temp file in the same folder, then `os.replace` it over `path` (readers never see half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    write_text_atomic(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
 def config_sha256(cfg: DictConfig) -> str:
@@ -90,13 +72,19 @@ class RunRecord:
 
     @rank_zero_only
     def _write(self) -> None:
-        write_json_atomic(self.data, self.path)
+        write_json_atomic(self.path, self.data)
 
     def start(self) -> None:
         self._write()
 
-    def complete(self, metrics: dict[str, float]) -> None:
-        self.data |= {"status": "completed", "finished": _now(), "metrics": metrics}
+    def complete(self, metrics: dict[str, float], unavailable: dict[str, str] | None = None) -> None:
+        """`unavailable` (metric -> reason) lets reports say why a column is empty instead of guessing."""
+        self.data |= {
+            "status": "completed",
+            "finished": _now(),
+            "metrics": metrics,
+            "metrics_unavailable": dict(unavailable or {}),
+        }
         self._write()
 
     def fail(self, error: BaseException) -> None:
@@ -130,7 +118,7 @@ class RankRecord(Callback):
         self.record: dict[str, Any] = {}
 
     def _write(self, trainer: Trainer) -> None:
-        write_json_atomic(self.record, self.output_dir / RANK_DIR / f"rank{trainer.global_rank}.json")
+        write_json_atomic(self.output_dir / RANK_DIR / f"rank{trainer.global_rank}.json", self.record)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.record = {

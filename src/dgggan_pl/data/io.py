@@ -10,13 +10,14 @@ files) ignores it, and applying it to only one file of an HR/LR pair would silen
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+from dgggan_pl.utils.atomic import atomic_open
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _UINT16_SHIFT = 8  # 16-bit -> 8-bit keeps the high byte, as Pillow itself does for 16-bit RGB PNGs
@@ -96,17 +97,8 @@ def save_image(image: Tensor, path: str | os.PathLike) -> None:
     file_format = Image.registered_extensions().get(path.suffix.lower())
     if file_format is None:
         raise ValueError(f"{path}: unknown image extension {path.suffix!r}; use one of {IMAGE_EXTENSIONS}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(array).save(stream, format=file_format)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as stream:
+        Image.fromarray(array).save(stream, format=file_format)
 
 
 def list_images(folder: str | os.PathLike, what: str = "image") -> list[Path]:

@@ -7,11 +7,10 @@ is what tells `dgggan_pl.report` that such a job existed and why it failed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from dgggan_pl.utils.atomic import write_json_atomic
 
 SUMMARY_FILE = "sweep_summary.json"
 
@@ -35,24 +34,10 @@ class JobRecord:
         return f"#{self.num} ({' '.join(self.overrides)})"
 
 
-def write_atomic_json(path: Path, payload: Any) -> None:
-    """Write `payload` as JSON to `path` through a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(sweep_dir: Path, launcher: str, jobs: list[JobRecord]) -> Path:
     """(Re)write the sweep summary; called after every job so a killed sweep still leaves a record."""
     path = sweep_dir / SUMMARY_FILE
-    write_atomic_json(path, {"launcher": launcher, "jobs": [asdict(job) for job in jobs]})
+    write_json_atomic(path, {"launcher": launcher, "jobs": [asdict(job) for job in jobs]}, sort_keys=False)
     return path
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from dgggan_pl.metrics.fidelity import (
     rgb_to_y_uint8,
 )
 from dgggan_pl.metrics.per_image import PerImageMetric
+from dgggan_pl.utils.atomic import atomic_path
 
 # MATLAB's neighbour shifts for the pairwise products, in `circshift(structdis, shift)` order.
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -78,18 +78,11 @@ def sha256_of(path: Path) -> str:
 
 def _download(url: str, target: Path, sha256: str) -> None:
     """Download `url` to `target` atomically, refusing a file whose sha256 differs from the pinned one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target, suffix=".part") as tmp:
         torch.hub.download_url_to_file(url, str(tmp), progress=False)
         got = sha256_of(tmp)
         if got != sha256:
             raise NIQEModelError(f"downloaded {url} has sha256 {got}, expected {sha256}; not using it")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def default_model_path() -> Path:

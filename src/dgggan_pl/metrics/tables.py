@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY
+from dgggan_pl.utils.atomic import write_text_atomic
 
 UNAVAILABLE = "unavailable"
 
@@ -64,19 +63,6 @@ def table4(lpips_key: str = LPIPS_KEY) -> TableSpec:
         "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1), per-image mean; lower is better",
         (Column("pi", "PI", 3), Column(lpips_key, header, 4)),
     )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _reasons(results: Results, sets: Sequence[str], spec: TableSpec) -> dict[str, str]:
@@ -144,13 +130,13 @@ def write_tables(
     for spec in (TABLE3, table4(lpips_key)):
         for suffix, render in ((".md", markdown_table), (".csv", csv_table)):
             path = out_dir / f"{spec.name}{suffix}"
-            atomic_write_text(path, render(results, sets, spec))
+            write_text_atomic(path, render(results, sets, spec))
             written.append(path)
     for method, by_set in results.items():
         for set_name, result in by_set.items():
             keys = list(result.values)
             path = out_dir / "per_image" / safe_label(method) / f"{set_name}.csv"
-            atomic_write_text(path, per_image_csv(result, keys))
+            write_text_atomic(path, per_image_csv(result, keys))
             written.append(path)
     return written
 
