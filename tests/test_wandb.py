@@ -57,10 +57,14 @@ def logged_keys(records: list) -> tuple[set[str], dict[str, object]]:
     return history, summary
 
 
-def test_offline_wandb_run_holds_training_and_validation_keys(compose, tmp_path, monkeypatch, caplog) -> None:
+def test_offline_wandb_run_holds_training_and_validation_keys(
+    compose, tmp_path, monkeypatch, caplog, data_dir
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    niqe_model = data_dir / "iqa-models" / "niqe_release" / "modelparameters.mat"
     overrides = ["experiment=pretrain", "debug=smoke", "logger=wandb", f"paths.output_dir={tmp_path}"]
+    overrides.append(f"metrics.niqe_model_path={niqe_model}")
     train(compose([*overrides, "data.test_sources={}"]))
     assert "wandb sync" in caplog.text  # the one-line note on how to sync
 
@@ -69,7 +73,8 @@ def test_offline_wandb_run_holds_training_and_validation_keys(compose, tmp_path,
     assert {"train/loss_pixel", "train/loss_grad_branch", "train/loss_g", "trainer/global_step"} <= history
     assert {"val/Sample/psnr", "val/Sample/ssim", "val/Sample/lpips_random_backbone"} <= history
     assert "val/panels/_type" in history  # the image panel entry (media stored beside the run file)
-    assert "val/Sample/pi" not in history  # unavailable here (no NIQE/Ma models): reported, never faked
+    assert "val/Sample/niqe" in history  # the shared LIVE pristine model
+    assert "val/Sample/pi" not in history  # unavailable here (no Ma model): reported, never faked
     assert summary["model/generator_params"] > 0
     assert list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/panels_*.png"))
     # forcing W&B offline must not change the recorded config: rank records and run_info agree
