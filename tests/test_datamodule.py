@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dgggan_pl.data.datasets import FolderPairs, TrainPatchDataset
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.sample import SampleImages
 from dgggan_pl.data.samplers import EpochSeededSampler, evaluation_sampler
+from dgggan_pl.data.sampling import ResumableLoader, SkippingEpochSampler
 
 SCALE = 4
 PATCH = 32  # HR crop in these tests (LR 8): tiny and fast
@@ -138,6 +140,113 @@ def test_augmentation_reproducible_across_worker_counts(tmp_path: Path) -> None:
         FolderPairs(hr_dir, lr_dir, SCALE), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=8, seed=1
     )
     assert not torch.equal(reference, _stream(dataset_other_seed, num_workers=0, epoch=0, seed=1))
+
+
+class _CountingPairs:
+    """Sample-set images that record which source indices were loaded (a list shared with the test)."""
+
+    def __init__(self, loaded: list[int]) -> None:
+        self.images = SampleImages(["astronaut", "chelsea", "coffee"])
+        self.loaded = loaded
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor, str]:
+        self.loaded.append(index)
+        return self.images.load(index)
+
+
+def _resumable(
+    dataset: TrainPatchDataset, num_workers: int, epoch: int, num_replicas: int = 1, rank: int = 0
+) -> ResumableLoader:
+    sampler = SkippingEpochSampler(
+        dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=5, drop_last=True
+    )
+    sampler.set_epoch(epoch)  # what Lightning does at each epoch start
+    return ResumableLoader(dataset, batch_size=2, sampler=sampler, drop_last=True, num_workers=num_workers)
+
+
+def _hr(batches: list[dict]) -> torch.Tensor:
+    return torch.cat([batch["hr"] for batch in batches])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumable_loader_continues_mid_epoch(num_workers: int) -> None:
+    """k batches, state_dict, a fresh loader: the remaining batches equal an uninterrupted pass's, and the
+    skipped samples are never loaded (workers prefetch ahead, but only batches handed out count)."""
+    dataset = TrainPatchDataset(
+        SampleImages(["astronaut", "chelsea", "coffee"]),
+        scale=SCALE,
+        hr_patch_size=PATCH,
+        samples_per_epoch=12,
+    )
+    straight = list(_resumable(dataset, num_workers, epoch=1))
+    assert len(straight) == 6
+    first = _resumable(dataset, num_workers, epoch=1)
+    iterator = iter(first)
+    consumed = [next(iterator) for _ in range(2)]
+    state = first.state_dict()
+    assert state["epoch"] == 1 and state["batches"] == 2
+    del iterator
+
+    loaded: list[int] = []
+    fresh = _resumable(
+        TrainPatchDataset(_CountingPairs(loaded), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=12),
+        num_workers=0,
+        epoch=0,
+    )
+    fresh.load_state_dict(state)
+    assert fresh.sampler.epoch == 1
+    fresh.sampler.set_epoch(1)
+    rest = list(fresh)
+    assert torch.equal(_hr(consumed + rest), _hr(straight))
+    assert len(loaded) == 2 * len(rest)  # the 4 skipped samples were dropped as indices, not read
+    assert fresh.state_dict()["batches"] == 6
+    # the next epoch starts from its first batch again
+    fresh.sampler.set_epoch(2)
+    assert torch.equal(_hr(list(fresh)), _hr(list(_resumable(dataset, 0, epoch=2))))
+
+
+def test_resumable_loader_state_edge_cases() -> None:
+    dataset = TrainPatchDataset(
+        SampleImages(["astronaut"]), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=8
+    )
+    loader = _resumable(dataset, 0, epoch=3)
+    assert loader.state_dict()["epoch"] == 3 and loader.state_dict()["batches"] == 0
+    whole = list(loader)
+    finished = loader.state_dict()
+    assert finished["batches"] == len(whole) == finished["batches_per_epoch"] == 4
+    fresh = _resumable(dataset, 0, epoch=0)
+    fresh.load_state_dict(finished)  # a finished epoch resumes at the start of the next one
+    assert fresh.sampler.epoch == 4 and len(list(fresh)) == 4
+    other_batch = ResumableLoader(
+        dataset, batch_size=4, sampler=SkippingEpochSampler(dataset, num_replicas=1, rank=0), drop_last=True
+    )
+    with pytest.raises(ValueError, match="data.batch_size"):
+        other_batch.load_state_dict({**finished, "batches": 1})
+    with pytest.raises(ValueError, match="SkippingEpochSampler"):
+        ResumableLoader(dataset, batch_size=2, drop_last=True)
+    stale = _resumable(dataset, 0, epoch=0)
+    stale.load_state_dict({**finished, "batches": 1})
+    stale.sampler.set_epoch(5)  # a trainer that disagrees with the loader's saved epoch
+    with pytest.raises(RuntimeError, match="epoch 3"):
+        next(iter(stale))
+
+
+def test_resumable_loader_skips_within_each_ddp_shard() -> None:
+    dataset = TrainPatchDataset(
+        SampleImages(["astronaut"]), scale=SCALE, hr_patch_size=PATCH, samples_per_epoch=16
+    )
+    for rank in (0, 1):
+        straight = list(_resumable(dataset, 0, epoch=0, num_replicas=2, rank=rank))
+        first = _resumable(dataset, 0, epoch=0, num_replicas=2, rank=rank)
+        consumed = list(itertools.islice(first, 1))
+        fresh = _resumable(dataset, 0, epoch=0, num_replicas=2, rank=rank)
+        fresh.load_state_dict(first.state_dict())
+        assert torch.equal(_hr(consumed + list(fresh)), _hr(straight))
+    with pytest.raises(ValueError, match="number of devices"):
+        _resumable(dataset, 0, epoch=0).load_state_dict(first.state_dict())
 
 
 def test_ddp_shards_partition_training_and_evaluation() -> None:

@@ -21,7 +21,8 @@ from dgggan_pl.data.datasets import (
     TrainPatchDataset,
     WholeImageDataset,
 )
-from dgggan_pl.data.samplers import EpochSeededSampler, evaluation_sampler
+from dgggan_pl.data.samplers import evaluation_sampler
+from dgggan_pl.data.sampling import ResumableLoader, SkippingEpochSampler
 
 SourceFactory = Callable[[], PairSource]
 
@@ -148,12 +149,13 @@ class SRDataModule(pl.LightningDataModule):
             "persistent_workers": self.persistent_workers and persistent,
         }
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled crops; stateful, so `ckpt_path=last` resumes mid-epoch exactly (see `data/sampling.py`)."""
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
         num_replicas, rank = self._replicas()
-        sampler = EpochSeededSampler(
+        sampler = SkippingEpochSampler(
             self.train_dataset,
             num_replicas=num_replicas,
             rank=rank,
@@ -161,7 +163,7 @@ class SRDataModule(pl.LightningDataModule):
             seed=self.seed,
             drop_last=True,
         )
-        return DataLoader(
+        return ResumableLoader(
             self.train_dataset,
             batch_size=self.batch_size,
             sampler=sampler,
