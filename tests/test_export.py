@@ -13,14 +13,7 @@ import torch
 from dgggan_pl.export import ONNX_CHECK_RTOL, ExportError, _OnnxGenerator, check_onnx, main
 from dgggan_pl.weights import load_generator
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP spinning makes them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_export_ema_to_safetensors_and_onnx(tiny_generator_checkpoint, tmp_path: Path, capsys) -> None:

@@ -20,13 +20,7 @@ from dgggan_pl.tiling import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP spinning makes them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(use_gradient_branch: bool = True, use_se: bool = True, num_blocks: int = 2) -> DGGGANGenerator:

@@ -16,13 +16,7 @@ from dgggan_pl.weights import load_generator
 HEIGHT, WIDTH = 10, 13
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs gain nothing from threads, and on a busy 2-core box OpenMP spinning makes them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
