@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningDataModule
@@ -26,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
 from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
+from dgggan_pl.complexity import count_parameters
 from dgggan_pl.config import config_dir
 from dgggan_pl.module import DGGGANModule, critics_enabled
 from dgggan_pl.utils.atomic import write_text_atomic
@@ -138,16 +138,13 @@ def build_module(cfg: DictConfig) -> DGGGANModule:
     return module
 
 
-def count_parameters(module: torch.nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
 def log_run_summary(loggers: list[Logger], cfg: DictConfig, module: DGGGANModule) -> None:
     """The resolved run config and the model sizes, in every logger (and the W&B run summary)."""
+    networks = {"generator": module.generator, "image_critic": module.image_critic}
+    networks["gradient_critic"] = module.gradient_critic
     sizes = {
-        "model/generator_params": count_parameters(module.generator),
-        "model/image_critic_params": count_parameters(module.image_critic),
-        "model/gradient_critic_params": count_parameters(module.gradient_critic),
+        f"model/{name}_params": count_parameters(net) if net is not None else 0
+        for name, net in networks.items()
     }
     run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
