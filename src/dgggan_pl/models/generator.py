@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from dgggan_pl.models.blocks import (
     EnhancedMultiScaleResidualBlock,
@@ -15,6 +16,20 @@ from dgggan_pl.models.blocks import (
     scaled_kaiming_init_,
 )
 from dgggan_pl.models.gradient import GradientMagnitude
+
+
+GlobalSkip = Literal["none", "bicubic"]
+GLOBAL_SKIPS: tuple[str, ...] = get_args(GlobalSkip)
+
+
+def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
+    """Differentiable x`scale` bicubic upsampling `(B, C, h, w)` -> `(B, C, scale*h, scale*w)`, not clamped.
+
+    PyTorch's bicubic (Keys a = -0.75, edge pixels replicated): one fused kernel on every device, exported as
+    ONNX Resize(cubic); each output pixel reads 2 LR pixels around it, so tiles with any halo >= 2 stay exact.
+    MATLAB's a = -0.5 kernel is only needed where numbers are compared with papers (the bicubic baseline).
+    """
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
 class GeneratorOutput(NamedTuple):
@@ -68,7 +83,11 @@ class DGGGANGenerator(nn.Module):
         use_se: False (ablation no_se) builds no SE module.
         se_reduction: SE bottleneck ratio r (C -> C/r).
         negative_slope: LeakyReLU slope.
-        init_scale: Kaiming-normal weights are multiplied by this.
+        init_scale: Kaiming-normal weights of the convs inside the EMSRBs are multiplied by this, so that
+            each residual block starts near identity; every other conv keeps PyTorch's default init
+            (docs/design.md, "Initialisation").
+        global_skip: `none` (the paper) or `bicubic`: add a differentiable bicubic upsampling of the LR input
+            to the SR image, so that the network learns a residual (an extension; docs/design.md).
     """
 
     def __init__(
@@ -83,6 +102,7 @@ class DGGGANGenerator(nn.Module):
         se_reduction: int = 16,
         negative_slope: float = 0.2,
         init_scale: float = 0.1,
+        global_skip: GlobalSkip = "none",
     ) -> None:
         super().__init__()
         injection = tuple(int(i) for i in injection_blocks)
@@ -92,6 +112,11 @@ class DGGGANGenerator(nn.Module):
                 f"model.generator.injection_blocks {list(injection)} has indices {bad} outside "
                 f"1..num_blocks={num_blocks}"
             )
+        if global_skip not in GLOBAL_SKIPS:
+            raise ValueError(
+                f"model.generator.global_skip must be one of {list(GLOBAL_SKIPS)}, got {global_skip!r}"
+            )
+        self.global_skip = global_skip
         self.in_channels = in_channels
         self.scale = scale
         self.use_gradient_branch = use_gradient_branch
@@ -106,7 +131,13 @@ class DGGGANGenerator(nn.Module):
                 conv3x3(2 * channels, channels), nn.LeakyReLU(negative_slope, inplace=True)
             )
         self.image_out = conv3x3(channels, in_channels)
-        scaled_kaiming_init_(self, init_scale)
+        for branch in self.branches:
+            for block in branch.blocks:
+                scaled_kaiming_init_(block, init_scale)
+
+    @property
+    def branches(self) -> list[SRBranch]:
+        return [self.image_branch] + ([self.gradient_branch] if self.use_gradient_branch else [])
 
     def _check_input(self, lr: Tensor) -> None:
         if lr.dim() != 4 or lr.shape[1] != self.in_channels:
@@ -125,8 +156,16 @@ class DGGGANGenerator(nn.Module):
             features = image_head
             for block in self.image_branch.blocks:
                 features = block(features)
-            return GeneratorOutput(self.image_out(self.image_branch.upsample(features, image_head)), None)
-        return self._forward_two_branches(lr)
+            sr = self.image_out(self.image_branch.upsample(features, image_head))
+            return GeneratorOutput(self.add_global_skip(sr, lr), None)
+        out = self._forward_two_branches(lr)
+        return GeneratorOutput(self.add_global_skip(out.sr, lr), out.grad_map)
+
+    def add_global_skip(self, sr: Tensor, lr: Tensor) -> Tensor:
+        """`sr` + bicubic(`lr`) with `global_skip: bicubic`; `sr` unchanged with `none`."""
+        if self.global_skip == "none":
+            return sr
+        return sr + bicubic_upsample(lr, self.scale)
 
     def _forward_two_branches(self, lr: Tensor) -> GeneratorOutput:
         image_head = self.image_branch.head(lr)
