@@ -35,9 +35,18 @@ def test_missing_backbone_names_the_file_and_folder(torch_home: Path) -> None:
     expected = torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert alexnet_checkpoint_path() == expected
     with pytest.raises(PretrainedWeightsMissing) as info:
-        build_lpips("pretrained")
+        build_lpips("pretrained")  # offline (the default): no download is tried
     message = str(info.value)
-    assert str(expected) in message and "metrics.lpips=disabled" in message
+    assert (
+        str(expected) in message
+        and "metrics.lpips=disabled" in message
+        and "metrics.download=true" in message
+    )
+    assert "\n" not in message and "failed" not in message
+    with pytest.raises(PretrainedWeightsMissing) as info:
+        build_lpips("pretrained", download=True)
+    assert "downloading it failed (" in str(info.value) and "no network in tests" in str(info.value)
+    assert info.value.__cause__ is None  # one line, not a chained traceback
 
 
 def test_pretrained_backbone_is_read_from_torch_home(torch_home: Path) -> None:

@@ -63,12 +63,23 @@ def test_missing_nrqm_model_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_pat
     module, reason = build_nrqm(4, target)
     assert module is None
     assert f"NRQM model {NRQM_FILE} not found at {target}" in reason and "metrics.nrqm_model_path" in reason
-    with pytest.warns(UserWarning, match="metric 'ma' unavailable"):
-        metrics = BenchmarkMetrics(
-            4, ["psnr", "pi"], nrqm_model_path=str(target), niqe_model_path=str(target), niqe_model_url=None
-        )
+    metrics = BenchmarkMetrics(
+        4,
+        ["psnr", "pi"],
+        nrqm_model_path=str(target),
+        niqe_model_path=str(target),
+        niqe_model_url=None,
+        download=True,
+    )
     assert set(metrics.unavailable) == {"niqe", "ma", "pi"}
-    assert "needs niqe" in metrics.unavailable["pi"] and NRQM_FILE in metrics.unavailable["pi"]
+    assert NRQM_FILE in metrics.unavailable["ma"] and "downloading" in metrics.unavailable["ma"]
+    assert metrics.unavailable["pi"] == "needs niqe and ma (unavailable: see their reasons)"
+
+
+def test_nrqm_model_is_never_fetched_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_pyiqa(monkeypatch, download_fails=False)  # a download would succeed: it must not be tried
+    module, reason = build_nrqm(4, tmp_path / NRQM_FILE)
+    assert module is None and "metrics.download=true" in reason and not (tmp_path / NRQM_FILE).exists()
 
 
 def test_pi_combines_ma_and_niqe_per_image(
@@ -82,6 +93,7 @@ def test_pi_combines_ma_and_niqe_per_image(
         niqe_model_path=str(niqe_model),
         niqe_model_sha256=SHA,
         nrqm_model_path=str(tmp_path / "m.mat"),
+        download=True,  # the stand-in pyiqa "downloads" m.mat
     )
     assert metrics.unavailable == {}
     assert metrics.scores["ma"]._nrqm.kwargs["crop_border"] == 4  # PIRM convention

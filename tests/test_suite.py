@@ -84,24 +84,50 @@ def test_reset_clears_the_set() -> None:
     assert set(metrics.per_image()) == {"a"}
 
 
-def test_lpips_disabled_has_no_lpips_key() -> None:
+def test_lpips_disabled_has_no_lpips_key_and_says_so() -> None:
     metrics = BenchmarkMetrics(4, ["psnr", "lpips"], lpips="disabled")
     metrics.update(*_pair(4), ["a", "b", "c"])
     assert set(metrics.compute()) == {"psnr"}
+    assert metrics.unavailable == {"lpips": "disabled (metrics.lpips=disabled)"}
 
 
-def test_missing_niqe_model_is_unavailable_or_an_error(tmp_path: Path) -> None:
+def test_missing_niqe_model_is_unavailable_or_an_error(tmp_path: Path, caplog) -> None:
     missing = tmp_path / "nowhere" / "modelparameters.mat"
-    kwargs = dict(niqe_model_path=str(missing), niqe_model_url=UNREACHABLE_URL, niqe_model_sha256=SHA)
-    with pytest.warns(UserWarning, match="unavailable"):
+    kwargs = dict(
+        niqe_model_path=str(missing), niqe_model_url=UNREACHABLE_URL, niqe_model_sha256=SHA, download=True
+    )
+    with caplog.at_level("WARNING", logger="dgggan_pl.metrics.suite"):
         metrics = BenchmarkMetrics(4, ["psnr", "niqe", "pi"], **kwargs)
+        BenchmarkMetrics(4, ["psnr", "niqe", "pi"], **kwargs)  # a second set: nothing logged again
+    niqe_lines = [r for r in caplog.records if "metric 'niqe' unavailable" in r.getMessage()]
+    assert len(niqe_lines) == 1 and niqe_lines[0].name == "dgggan_pl.metrics.suite"
     assert str(missing) in metrics.unavailable["niqe"] and "downloading" in metrics.unavailable["niqe"]
-    assert "niqe" in metrics.unavailable["pi"]
+    assert metrics.unavailable["pi"] == "needs niqe and ma (unavailable: see their reasons)"
     metrics.update(*_pair(5), ["a", "b", "c"])
     assert set(metrics.compute()) == {"psnr"}
     with pytest.raises(NIQEModelError, match="modelparameters.mat"):
         BenchmarkMetrics(4, ["niqe"], on_missing_model="error", **kwargs)
     assert not missing.exists(), "a failed download must not leave a file behind"
+
+
+def test_niqe_model_is_found_offline_without_a_download(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No path given: the search list is tried first, then $TORCH_HOME; `download=False` never fetches."""
+    import torch
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("download attempted")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    shipped = data_dir / "iqa-models" / "niqe_release" / "modelparameters.mat"
+    found = BenchmarkMetrics(4, ["niqe"], niqe_search_paths=[str(tmp_path / "absent.mat"), str(shipped)])
+    assert "niqe" in found.scores and "niqe" not in found.unavailable
+    offline = BenchmarkMetrics(4, ["niqe"], niqe_search_paths=[str(tmp_path / "absent.mat")])
+    reason = offline.unavailable["niqe"]
+    assert str(tmp_path / "absent.mat") in reason and "metrics.download=true" in reason
+    assert "metrics.niqe_model_path" in reason and "\n" not in reason
 
 
 def test_unknown_metric_names_the_key() -> None:

@@ -1,4 +1,4 @@
-"""Image-quality metrics of the paper's protocol (DESIGN.md section 6): PSNR/SSIM on Y, LPIPS, NIQE, Ma, PI."""
+"""Image-quality metrics of the paper's protocol (docs/metrics.md): PSNR/SSIM on Y, LPIPS, NIQE, Ma, PI."""
 
 from dgggan_pl.metrics.fidelity import PSNRY, SSIMY, psnr_y, ssim_y
 from dgggan_pl.metrics.niqe import NIQE, NIQEScore, load_pristine_model

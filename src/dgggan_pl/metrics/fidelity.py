@@ -1,4 +1,4 @@
-"""PSNR and SSIM on the Y channel, as the SR literature computes them (DESIGN.md section 6).
+"""PSNR and SSIM on the Y channel, as the SR literature computes them (docs/metrics.md).
 
 The published tables (EDSR, RCAN, RDN, ESRGAN, SPSR, DGGGAN) evaluate 8-bit images on the Y channel of
 MATLAB's `rgb2ycbcr` (BT.601, studio swing, *not* rounded: `rgb2ycbcr(im2double(img))`), after shaving

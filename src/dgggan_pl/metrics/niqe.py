@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,31 +87,47 @@ def _download(url: str, target: Path, sha256: str) -> None:
 
 
 def default_model_path() -> Path:
-    """Where the pristine model is cached when no path is configured: `$TORCH_HOME/hub/dgggan/`."""
+    """The download cache and last place searched when no path is configured: `$TORCH_HOME/hub/dgggan/`."""
     return Path(torch.hub.get_dir()) / "dgggan" / "niqe_modelparameters.mat"
 
 
-def load_pristine_model(
-    path: str | os.PathLike | None, url: str | None, sha256: str
-) -> tuple[Tensor, Tensor]:
-    """`(mu (36,), cov (36, 36))` float64 from the LIVE `modelparameters.mat`, downloading it on first use.
+def find_pristine_model(
+    path: str | os.PathLike | None, search: Sequence[str | os.PathLike] = ()
+) -> list[Path]:
+    """The places looked at, in order: `path` alone when given, else `search` then `default_model_path()`."""
+    if path:
+        return [Path(path).expanduser()]
+    return [*(Path(p).expanduser() for p in search), default_model_path()]
 
-    Raises `NIQEModelError` naming the file and what to do when it is absent and cannot be downloaded,
-    or when its checksum does not match.
+
+def load_pristine_model(
+    path: str | os.PathLike | None,
+    url: str | None,
+    sha256: str,
+    search: Sequence[str | os.PathLike] = (),
+) -> tuple[Tensor, Tensor]:
+    """`(mu (36,), cov (36, 36))` float64 from the LIVE `modelparameters.mat`: the first file found (offline first).
+
+    Only when no candidate exists and `url` is given (`metrics.download=true`) is the file fetched, to
+    `default_model_path()` (or `path`). Raises `NIQEModelError` with one line naming where it looked and what
+    to do, or when the checksum does not match.
     """
-    target = Path(path).expanduser() if path else default_model_path()
-    if not target.is_file():
+    candidates = find_pristine_model(path, search)
+    target = next((c for c in candidates if c.is_file()), None)
+    if target is None:
+        target = candidates[-1]
+        where = ", ".join(str(c) for c in candidates)
+        fix = (
+            f"copy the LIVE niqe_release modelparameters.mat (sha256 {sha256[:12]}...) to {candidates[0]}"
+            " or set metrics.niqe_model_path=FILE"
+        )
         if not url:
-            raise NIQEModelError(
-                f"NIQE pristine model not found at {target}; copy the LIVE release's modelparameters.mat "
-                f"(sha256 {sha256}) there or set metrics.niqe_model_path"
-            )
+            raise NIQEModelError(f"NIQE model not found (looked in {where}); {fix}, or metrics.download=true")
         try:
             _download(url, target, sha256)
         except (OSError, RuntimeError, ValueError) as err:
             raise NIQEModelError(
-                f"NIQE pristine model not found at {target} and downloading {url} failed ({err}); copy the LIVE "
-                f"release's modelparameters.mat (sha256 {sha256}) to that path or set metrics.niqe_model_path"
+                f"NIQE model not found (looked in {where}) and downloading {url} failed ({err}); {fix}"
             ) from err
     got = sha256_of(target)
     if got != sha256:

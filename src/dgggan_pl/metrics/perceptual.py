@@ -46,17 +46,29 @@ def lpips_key(mode: str) -> str:
     return LPIPS_RANDOM_KEY if mode == "random" else LPIPS_KEY
 
 
-def build_lpips(mode: str) -> nn.Module:
+def alexnet_missing_message(download_failed: str | None = None) -> str:
+    """One line: which AlexNet file LPIPS needs, where it goes, and the overrides that fetch or skip it."""
+    target = alexnet_checkpoint_path()
+    failed = f"; downloading it failed ({download_failed})" if download_failed else ""
+    return (
+        f"LPIPS needs torchvision's ImageNet AlexNet {target}{failed}; copy {ALEXNET_URL} there "
+        "(TORCH_HOME relocates it) or set metrics.download=true, or skip LPIPS with metrics.lpips=disabled"
+    )
+
+
+def build_lpips(mode: str, download: bool = False) -> nn.Module:
     """A frozen, eval-mode `lpips.LPIPS(net='alex', version='0.1')` for `mode` in {pretrained, random}.
 
-    Raises `PretrainedWeightsMissing` naming the AlexNet file and its folder when `pretrained` weights are
-    neither cached nor downloadable.
+    Raises `PretrainedWeightsMissing` (one line naming the AlexNet file and the override that skips LPIPS)
+    when `pretrained` weights are not cached and `download` is off or fails: never a network attempt offline.
     """
     import lpips
 
     lpips_key(mode)
     if mode == "disabled":
         raise ValueError("build_lpips: LPIPS is disabled (metrics.lpips=disabled); do not build it")
+    if mode == "pretrained" and not download and not alexnet_checkpoint_path().is_file():
+        raise PretrainedWeightsMissing(alexnet_missing_message())
     random_backbone = mode == "random"
     if random_backbone:
         warnings.warn(
@@ -71,13 +83,7 @@ def build_lpips(mode: str) -> nn.Module:
                 net="alex", version="0.1", pretrained=True, pnet_rand=random_backbone, verbose=False
             )
         except (OSError, RuntimeError) as err:  # URLError is an OSError
-            target = alexnet_checkpoint_path()
-            raise PretrainedWeightsMissing(
-                f"LPIPS needs torchvision's ImageNet AlexNet weights: file {target} is missing and downloading "
-                f"{ALEXNET_URL} failed ({err}). Download that file on a machine with internet and copy it to "
-                f"{target.parent}/ (set TORCH_HOME to relocate), or set metrics.lpips=disabled "
-                f"(or metrics.lpips=random for tests only)"
-            ) from err
+            raise PretrainedWeightsMissing(alexnet_missing_message(str(err).splitlines()[0])) from None
     # lpips 0.1.4 leaves the linear heads trainable: freeze everything so DDP never treats them as parameters
     return net.eval().requires_grad_(False)
 
@@ -97,11 +103,13 @@ def default_nrqm_path() -> Path:
     return Path(torch.hub.get_dir()) / "pyiqa" / NRQM_FILE
 
 
-def build_nrqm(crop_border: int, model_path: str | Path | None) -> tuple[nn.Module | None, str | None]:
+def build_nrqm(
+    crop_border: int, model_path: str | Path | None, download: bool = False
+) -> tuple[nn.Module | None, str | None]:
     """pyiqa's NRQM (Ma et al.) in the PIRM convention (Y of YCbCr, `crop_border` shaved) or the reason why not.
 
     Returns `(module, None)` or `(None, reason)`. Never raises for a missing package or model file: Ma and PI
-    are optional and reported as unavailable.
+    are optional and reported as unavailable. The model is fetched only with `download` (metrics.download).
     """
     try:
         from pyiqa.archs.nrqm_arch import NRQM
@@ -109,6 +117,11 @@ def build_nrqm(crop_border: int, model_path: str | Path | None) -> tuple[nn.Modu
     except ImportError as err:
         return None, f"pyiqa is not installed ({err}); {PI_EXTRA_HINT}"
     target = Path(model_path).expanduser() if model_path else default_nrqm_path()
+    if not target.is_file() and not download:
+        return None, (
+            f"NRQM model {NRQM_FILE} not found at {target}; copy {NRQM_URL} there, set "
+            "metrics.nrqm_model_path=FILE or metrics.download=true"
+        )
     if not target.is_file():
         try:
             load_file_from_url(NRQM_URL, model_dir=str(target.parent), progress=False, file_name=target.name)

@@ -2,14 +2,15 @@
 
 `BenchmarkMetrics` is built from `cfg.metrics.benchmark` (a `_partial_` config) once per benchmark set.
 Metrics whose external files are missing are either an error (LPIPS `pretrained`; NIQE when
-`on_missing_model=error`, as `evaluate` sets it) or listed in `unavailable` with the reason and warned about
-once - never reported as a number.
+`on_missing_model=error`, as `evaluate` sets it) or listed in `unavailable` with the reason, logged once per
+process - never reported as a number. Nothing is downloaded unless `download=True` (`metrics.download`): the
+demo and tests make no network attempt. A disabled metric is listed too, as "disabled (metrics.X=disabled)".
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
+import logging
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -30,25 +31,33 @@ from dgggan_pl.metrics.perceptual import LPIPSScore, MaScore, build_lpips, build
 METRICS = ("psnr", "ssim", "lpips", "niqe", "ma", "pi")
 MISSING_MODEL_POLICIES = ("unavailable", "error")
 PI_MA_OFFSET = 10.0  # PI = ((10 - Ma) + NIQE) / 2 (Blau et al., PIRM 2018)
+DISABLED_LPIPS = "disabled (metrics.lpips=disabled)"
+log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 
 def warn_once(message: str) -> None:
-    """Warn about a missing metric once per process, not once per benchmark set or validation epoch."""
+    """Log a missing metric once per process, not once per benchmark set or validation epoch."""
     if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, stacklevel=3)
+        log.warning(message)
 
 
 @functools.cache
-def _shared_lpips(mode: str) -> nn.Module:
+def _shared_lpips(mode: str, download: bool) -> nn.Module:
     """One LPIPS network per mode for all sets (it is never registered, so sharing costs nothing)."""
-    return build_lpips(mode)
+    return build_lpips(mode, download)
 
 
 @functools.cache
-def _shared_pristine(path: str | None, url: str | None, sha256: str) -> tuple[Tensor, Tensor]:
-    return load_pristine_model(path, url, sha256)
+def _shared_pristine(
+    path: str | None, url: str | None, sha256: str, search: tuple[str, ...]
+) -> tuple[Tensor, Tensor] | NIQEModelError:
+    """The pristine model, or the error (cached too: one lookup or download attempt per process)."""
+    try:
+        return load_pristine_model(path, url, sha256, search)
+    except NIQEModelError as err:
+        return err
 
 
 def perceptual_index(ma: float, niqe: float) -> float:
@@ -73,11 +82,13 @@ class BenchmarkMetrics(nn.Module):
         ssim_sigma: float = 1.5,
         niqe_convention: str = "pirm",
         niqe_model_path: str | None = None,
+        niqe_search_paths: Sequence[str] = (),
         niqe_model_url: str | None = LIVE_MODEL_URL,
         niqe_model_sha256: str = LIVE_MODEL_SHA256,
         niqe_settings: dict | None = None,
         nrqm_model_path: str | None = None,
         on_missing_model: str = "unavailable",
+        download: bool = False,
     ) -> None:
         super().__init__()
         unknown = sorted(set(metrics) - set(METRICS))
@@ -96,39 +107,45 @@ class BenchmarkMetrics(nn.Module):
             self.scores["psnr"] = PSNRY(crop_border)
         if "ssim" in wanted:
             self.scores["ssim"] = SSIMY(crop_border, ssim_kernel_size, ssim_sigma)
-        if "lpips" in wanted and lpips != "disabled":
-            self.scores[lpips_key(lpips)] = LPIPSScore(_shared_lpips(lpips))
+        if "lpips" in wanted and lpips == "disabled":
+            self.unavailable["lpips"] = DISABLED_LPIPS
+        elif "lpips" in wanted:
+            self.scores[lpips_key(lpips)] = LPIPSScore(_shared_lpips(lpips, download))
         if wanted & {"niqe", "pi"}:
+            url = niqe_model_url if download else None
+            search = tuple(str(p) for p in niqe_search_paths)
             self._add_niqe(
                 niqe_convention,
                 niqe_model_path,
-                niqe_model_url,
+                url,
                 niqe_model_sha256,
+                search,
                 niqe_settings,
                 on_missing_model,
             )
         if wanted & {"ma", "pi"}:
-            self._add_ma(nrqm_model_path)
+            self._add_ma(nrqm_model_path, download)
         self.want_pi = "pi" in wanted
         if self.want_pi and not {"niqe", "ma"} <= set(self.scores):
             missing = [k for k in ("niqe", "ma") if k not in self.scores]
-            self.unavailable["pi"] = "needs " + " and ".join(f"{k} ({self.unavailable[k]})" for k in missing)
+            their = "its reason" if len(missing) == 1 else "their reasons"
+            self.unavailable["pi"] = f"needs {' and '.join(missing)} (unavailable: see {their})"
         for metric, reason in self.unavailable.items():
-            warn_once(f"metric '{metric}' unavailable: {reason}")
+            if reason != DISABLED_LPIPS:
+                warn_once(f"metric '{metric}' unavailable: {reason}")
 
-    def _add_niqe(self, convention, path, url, sha256, settings, on_missing) -> None:
-        try:
-            mu, cov = _shared_pristine(path, url, sha256)
-        except NIQEModelError as err:
+    def _add_niqe(self, convention, path, url, sha256, search, settings, on_missing) -> None:
+        model = _shared_pristine(path, url, sha256, search)
+        if isinstance(model, NIQEModelError):
             if on_missing == "error":
-                raise
-            self.unavailable["niqe"] = str(err)
+                raise model
+            self.unavailable["niqe"] = str(model)
             return
-        niqe = NIQE(mu, cov, NIQESettings(**(settings or {})))
+        niqe = NIQE(*model, NIQESettings(**(settings or {})))
         self.scores["niqe"] = NIQEScore(niqe, convention, self.crop_border)
 
-    def _add_ma(self, nrqm_model_path) -> None:
-        nrqm, reason = build_nrqm(self.crop_border, nrqm_model_path)
+    def _add_ma(self, nrqm_model_path, download: bool) -> None:
+        nrqm, reason = build_nrqm(self.crop_border, nrqm_model_path, download)
         if nrqm is None:
             self.unavailable["ma"] = reason
         else:
