@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, count_gflops, count_parameters
-from dgggan_pl.launch.results import JobResult, collect_jobs
+from dgggan_pl.sweep_results import JobResult, collect_jobs
 from dgggan_pl.utils.atomic import write_text_atomic
 
 PAPER_SETS = ("Set5", "Set14", "BSD100", "Urban100")  # column order of the paper's tables

@@ -37,6 +37,21 @@ LEAKY_ENV_NAMES = frozenset(
 )
 LEAKY_ENV_PREFIXES = ("TORCHELASTIC_", "SLURM_", "LSB_", "OMPI_", "PMI_")
 _ABSENT = object()
+# Hydra overrides of the sweep that must not reach a job started in RUN mode: the sweep's own mode, folder,
+# launcher and sweeper, and what the launcher sets per job (its run dir, number and id).
+SWEEP_ONLY_HYDRA_KEYS = (
+    "hydra.mode",
+    "hydra.sweep",
+    "hydra.run",
+    "hydra/launcher",
+    "hydra.launcher",
+    "hydra/sweeper",
+    "hydra.sweeper",
+    "hydra.job.num",
+    "hydra.job.id",
+    "hydra.runtime",
+    "hydra.overrides",
+)
 # lightning.Trainer's own defaults, for trainer configs that leave these keys out.
 TRAINER_DEFAULTS = {"devices": "auto", "num_nodes": 1, "accelerator": "auto", "strategy": "auto"}
 
@@ -83,6 +98,20 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
         for key, value in env.items()
         if key not in LEAKY_ENV_NAMES and not key.startswith(LEAKY_ENV_PREFIXES)
     }
+
+
+def forwarded_hydra_overrides(hydra_overrides: Sequence[str]) -> list[str]:
+    """The sweep's command-line Hydra overrides that each job must get too (`+hydra.job.env_set.X=1`,
+    `hydra/job_logging=disabled`, `hydra.verbose=...`, `hydra.job.chdir=...`, `hydra.callbacks...`), as typed.
+
+    Without them a job's `.hydra/hydra.yaml` would differ from the sweep's `multirun.yaml`.
+    """
+    kept = []
+    for override in hydra_overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in SWEEP_ONLY_HYDRA_KEYS):
+            kept.append(override)
+    return kept
 
 
 def quote_override_value(value: str) -> str:

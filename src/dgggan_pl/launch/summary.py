@@ -1,43 +1,61 @@
-"""The sweep's own record of its jobs (`<sweep_dir>/sweep_summary.json`), written by the launcher.
+"""The sweep's own record of its jobs (`<sweep_dir>/sweep_summary.json`), written by the launchers.
 
-A job can fail before the app writes its `run_info.json` (a bad override, a crash at import): this file
-is what tells `dgggan_pl.report` that such a job existed and why it failed.
+A job can fail before the app writes its `run_info.json` (a bad override, a crash at import, an interrupted
+sweep): this file is what tells `dgggan_pl.report` that such a job existed and how it ended.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
 
 from dgggan_pl.utils.atomic import write_json_atomic
 
+log = logging.getLogger(__name__)
+
 SUMMARY_FILE = "sweep_summary.json"
+# A job's life: pending -> running -> completed | failed | interrupted; "not started" when the sweep was
+# interrupted (or aborted) before the job's turn. `submitted` is a SLURM job not collected yet.
+PENDING, SUBMITTED, RUNNING = "pending", "submitted", "running"
+COMPLETED, FAILED, INTERRUPTED, NOT_STARTED = "completed", "failed", "interrupted", "not started"
+
+
+class SweepJobsFailed(RuntimeError):
+    """Raised (through Hydra's sweeper) after all jobs ran, when at least one of them failed."""
 
 
 @dataclass
 class JobRecord:
-    """One sweep job as the launcher saw it; `status` is pending|running|completed|failed."""
+    """One sweep job as the launcher saw it (`status`: see the constants above)."""
 
     num: int
     overrides: list[str]
     output_dir: str | None = None
     command: list[str] = field(default_factory=list)
     processes: int | None = None
-    status: str = "pending"
+    status: str = PENDING
     returncode: int | None = None
     error: str | None = None
     seconds: float | None = None
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES given to the job (concurrent jobs), if any
+    slurm_job_id: str | None = None
 
     def label(self) -> str:
         """`#<num> (<overrides>)` for logs and error messages."""
         return f"#{self.num} ({' '.join(self.overrides)})"
 
 
-def write_summary(sweep_dir: Path, launcher: str, jobs: list[JobRecord]) -> Path:
-    """(Re)write the sweep summary; called after every job so a killed sweep still leaves a record."""
+def write_summary(sweep_dir: Path, launcher: str, jobs: Sequence[JobRecord], **extra: Any) -> Path:
+    """(Re)write the sweep summary; called at every change of a job's state, so a killed sweep leaves a record."""
     path = sweep_dir / SUMMARY_FILE
-    write_json_atomic(path, {"launcher": launcher, "jobs": [asdict(job) for job in jobs]}, sort_keys=False)
+    payload = {"launcher": launcher, **extra, "jobs": [asdict(job) for job in jobs]}
+    write_json_atomic(path, payload, sort_keys=False)
     return path
 
 
@@ -53,3 +71,20 @@ def read_summary(sweep_dir: Path) -> list[JobRecord]:
         raise ValueError(
             f"{path} is not a sweep summary written by dgggan_pl ({err}); delete or fix it"
         ) from err
+
+
+def mark_failures(jobs: Sequence[JobRecord], returns: Sequence[JobReturn], sweep_dir: Path) -> None:
+    """Make every failed job's return value name all failures: Hydra's sweeper raises the first one it
+    reads, after all jobs ran, and the sweep then exits non-zero with this message."""
+    failed = [job for job in jobs if job.status != COMPLETED]
+    if not failed:
+        return
+    message = (
+        f"{len(failed)} of {len(jobs)} sweep jobs failed: "
+        + "; ".join(f"{job.label()}: {job.error}" for job in failed)
+        + f". Summary: {sweep_dir / SUMMARY_FILE}"
+    )
+    log.error(message)
+    for ret in returns:
+        if ret.status == JobStatus.FAILED:
+            ret.return_value = SweepJobsFailed(message)

@@ -4,14 +4,13 @@ Lightning's own subprocess launcher re-runs the parent's whole `-m` sweep in eve
 ranks with jobs through leaked `LOCAL_RANK` state. Here the parent only composes each job's config, then
 starts `torch.distributed.run --standalone` (or the plain app for one process) with that job's overrides in
 Hydra RUN mode. Every job therefore gets new processes, a new rendezvous port and a clean environment.
+The process handling (signals, concurrent jobs) is `dgggan_pl.launch.runner`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,22 +25,28 @@ from dgggan_pl.launch.commands import (
     AppTarget,
     clean_env,
     current_app,
+    forwarded_hydra_overrides,
     job_command,
     process_count,
     select_trainer_value,
     with_wandb_group,
 )
-from dgggan_pl.launch.summary import JobRecord, write_summary
+from dgggan_pl.launch.devices import device_changes, gpu_slots, visible_gpu_ids
+from dgggan_pl.launch.runner import JobRunner, PreparedJob, exit_by_signal
+from dgggan_pl.launch.summary import (
+    COMPLETED,
+    FAILED,
+    JobRecord,
+    SweepJobsFailed,
+    mark_failures,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
 
-class SweepJobsFailed(RuntimeError):
-    """Raised (through Hydra's sweeper) after all jobs ran, when at least one of them failed."""
-
-
 class DDPLauncher(Launcher):
-    """Sequential sweep jobs, each on `trainer.devices` fresh processes; see the module docstring."""
+    """Sweep jobs as fresh process groups, one after another or `parallel_jobs` at a time."""
 
     def __init__(
         self,
@@ -51,6 +56,11 @@ class DDPLauncher(Launcher):
         strategy_key: str,
         wandb_group_key: str | None,
         wandb_group: str | None,
+        all_gpus: bool = True,
+        ddp_strategy: str = "ddp_find_unused_parameters_true",
+        gpus_per_job: int | None = None,
+        parallel_jobs: int | None = None,
+        kill_grace_s: float = 45.0,
     ) -> None:
         super().__init__()
         self.keys = {
@@ -61,6 +71,9 @@ class DDPLauncher(Launcher):
         }
         self.wandb_group_key = wandb_group_key
         self.wandb_group = wandb_group
+        self.all_gpus, self.ddp_strategy = all_gpus, ddp_strategy
+        self.gpus_per_job, self.parallel_jobs = gpus_per_job, parallel_jobs
+        self.kill_grace_s = kill_grace_s
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.app: AppTarget | None = None
@@ -73,55 +86,83 @@ class DDPLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None, "setup() was not called"
+        import torch  # imported here: plugin discovery must stay cheap
+
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs, one after another, each as fresh processes")
+        cuda_count = torch.cuda.device_count()
+        slots = gpu_slots(self.gpus_per_job, self.parallel_jobs, visible_gpu_ids(os.environ, cuda_count))
+        when = "one after another" if len(slots) == 1 else f"up to {len(slots)} at a time"
+        log.info(f"Launching {len(job_overrides)} jobs, {when}, each as fresh processes")
         jobs = [JobRecord(num=initial_job_idx + i, overrides=list(o)) for i, o in enumerate(job_overrides)]
         self.jobs += jobs
-        returns = []
+        returns = {job.num: JobReturn(overrides=job.overrides, status=JobStatus.FAILED) for job in jobs}
+        prepared = []
         for job in jobs:
             log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))}")
-            returns.append(self._run_one(job, sweep_dir))
-            write_summary(sweep_dir, "ddp", self.jobs)
-        self._report(jobs, sweep_dir, returns)
-        return returns
+            command = self._prepare(job, returns[job.num], cuda_count)
+            if command is not None:
+                prepared.append(PreparedJob(job, command))
 
-    def _run_one(self, job: JobRecord, sweep_dir: Path) -> JobReturn:
-        """Compose, start and wait for one job; any failure is recorded on `job`, never raised."""
-        ret = JobReturn(overrides=job.overrides, status=JobStatus.FAILED)
-        start = time.monotonic()
+        def save() -> None:
+            write_summary(sweep_dir, "ddp", self.jobs)
+
+        save()
+        runner = JobRunner(slots, clean_env(os.environ), save, grace_s=self.kill_grace_s)
+        signum = runner.run(prepared)
+        for job in jobs:
+            self._fill_return(job, returns[job.num])
+        ordered = [returns[job.num] for job in jobs]
+        self._report(jobs, sweep_dir, ordered)
+        if signum is not None:
+            exit_by_signal(signum)
+        return ordered
+
+    def _prepare(self, job: JobRecord, ret: JobReturn, cuda_count: int) -> list[str] | None:
+        """Compose one job and build its command; a job that cannot be composed fails alone."""
         try:
             sweep_config = self._job_config(job)
             ret.cfg, ret.hydra_cfg = _split_config(sweep_config)
             job.output_dir = str(Path(str(sweep_config.hydra.runtime.output_dir)))
-            job.processes = self._process_count(sweep_config)
+            trainer = self._trainer_values(sweep_config)
+            changes = device_changes(
+                job.overrides,
+                trainer,
+                cuda_count,
+                keys=self.keys,
+                all_gpus=self.all_gpus,
+                gpus_per_job=self.gpus_per_job,
+                ddp_strategy=self.ddp_strategy,
+            )
+            trainer |= changes
+            extra = [f"++{self.keys[name]}={value}" for name, value in changes.items()]
+            job.processes = process_count(
+                trainer["devices"], trainer["accelerator"], trainer["strategy"], cuda_count
+            )
+            overrides = with_wandb_group(
+                [*job.overrides, *extra], sweep_config, self.wandb_group_key, self.wandb_group
+            )
+            hydra_overrides = forwarded_hydra_overrides(list(self.config.hydra.overrides.hydra))
             job.command = job_command(
-                self.app,
-                self._child_overrides(job, sweep_config),
-                Path(job.output_dir),
-                job.num,
-                job.processes,
+                self.app, [*hydra_overrides, *overrides], Path(job.output_dir), job.num, job.processes
             )
         except Exception as err:  # a bad override fails this job only
-            job.status, job.error = "failed", f"config: {type(err).__name__}: {err}"
+            job.status, job.error = FAILED, f"config: {type(err).__name__}: {err}"
             log.error(f"#{job.num} could not be composed: {job.error}")
             ret.return_value = err
-            return ret
-        job.status = "running"
-        write_summary(sweep_dir, "ddp", self.jobs)
-        log.info(f"#{job.num} on {job.processes} process(es): {' '.join(job.command)}")
-        job.returncode = subprocess.run(job.command, env=clean_env(os.environ), check=False).returncode
-        job.seconds = round(time.monotonic() - start, 1)
-        job.status = "completed" if job.returncode == 0 else "failed"
+            return None
+        return job.command
+
+    def _fill_return(self, job: JobRecord, ret: JobReturn) -> None:
+        if ret.hydra_cfg is None:  # not composed: its error is already the return value
+            return
         ret.working_dir = os.getcwd()
-        if job.returncode == 0:
+        if job.status == COMPLETED:
             ret.status, ret.return_value = JobStatus.COMPLETED, {"output_dir": job.output_dir}
         else:
-            job.error = f"exit code {job.returncode}; see {job.output_dir}"
-            ret.return_value = SweepJobsFailed(f"job {job.label()} failed: {job.error}")
-        return ret
+            ret.return_value = SweepJobsFailed(f"job {job.label()} {job.status}: {job.error}")
 
     def _job_config(self, job: JobRecord) -> DictConfig:
         """The job's full config with `hydra.runtime.output_dir` = `<sweep.dir>/<sweep.subdir>`."""
@@ -141,7 +182,8 @@ class DDPLauncher(Launcher):
             sweep_config.hydra.runtime.output_dir = str(output_dir)
         return sweep_config
 
-    def _process_count(self, cfg: DictConfig) -> int:
+    def _trainer_values(self, cfg: DictConfig) -> dict[str, object]:
+        """The job's devices/num_nodes/accelerator/strategy; several nodes are refused (use slurm)."""
         value = {
             name: select_trainer_value(cfg, key, TRAINER_DEFAULTS[name]) for name, key in self.keys.items()
         }
@@ -150,38 +192,13 @@ class DDPLauncher(Launcher):
                 f"{self.keys['num_nodes']}={value['num_nodes']}: hydra/launcher=ddp runs on this machine only; "
                 "use hydra/launcher=slurm for several nodes"
             )
-        import torch  # imported here: plugin discovery must stay cheap
-
-        return process_count(
-            value["devices"], value["accelerator"], value["strategy"], torch.cuda.device_count()
-        )
-
-    def _child_overrides(self, job: JobRecord, cfg: DictConfig) -> list[str]:
-        """The job's overrides, plus the sweep's W&B group when the job logs to W&B and sets none itself."""
-        return with_wandb_group(job.overrides, cfg, self.wandb_group_key, self.wandb_group)
+        return value
 
     def _report(self, jobs: list[JobRecord], sweep_dir: Path, returns: list[JobReturn]) -> None:
         """Log one line per job, then name every failure in the sweep's error."""
         for job in jobs:
-            log.info(f"#{job.num} {job.status:9s} {job.seconds or 0:7.1f} s  {job.output_dir or '-'}")
+            log.info(f"#{job.num} {job.status:11s} {job.seconds or 0:7.1f} s  {job.output_dir or '-'}")
         mark_failures(jobs, returns, sweep_dir)
-
-
-def mark_failures(jobs: list[JobRecord], returns: Sequence[JobReturn], sweep_dir: Path) -> None:
-    """Make every failed job's return value name all failures: Hydra's sweeper raises the first one it
-    reads, after all jobs ran, and the sweep then exits non-zero with this message."""
-    failed = [job for job in jobs if job.status != "completed"]
-    if not failed:
-        return
-    message = (
-        f"{len(failed)} of {len(jobs)} sweep jobs failed: "
-        + "; ".join(f"{job.label()}: {job.error}" for job in failed)
-        + f". Summary: {sweep_dir / 'sweep_summary.json'}"
-    )
-    log.error(message)
-    for ret in returns:
-        if ret.status == JobStatus.FAILED:
-            ret.return_value = SweepJobsFailed(message)
 
 
 def _split_config(sweep_config: DictConfig) -> tuple[DictConfig, DictConfig]:

@@ -22,8 +22,7 @@ from omegaconf import OmegaConf
 
 from dgggan_pl.launch.commands import with_wandb_group
 from dgggan_pl.launch.rank_entry import rank_overrides
-from dgggan_pl.launch.summary import JobRecord, write_summary
-from hydra_plugins.dgggan_launchers.ddp_launcher import mark_failures
+from dgggan_pl.launch.summary import JobRecord, mark_failures, write_summary
 
 log = logging.getLogger(__name__)
 
