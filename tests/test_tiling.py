@@ -1,16 +1,25 @@
-"""Tiled inference equals untiled inference (SE included) and its receptive radii are what the docs say."""
+"""Tiled inference equals untiled inference (SE and the global skip included), drives the generator's own
+stage methods, and its receptive radii are what the docs say."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from dgggan_pl.models.generator import DGGGANGenerator
+from dgggan_pl.data.io import quantize_uint8
+from dgggan_pl.models.generator import (
+    DGGGANGenerator,
+    GlobalSkip,
+    LRFeatures,
+    Run,
+    apply,
+    bicubic_upsample,
+)
 from dgggan_pl.tiling import (
+    count_local_ops,
     count_tile_steps,
-    decode,
-    encode,
+    encode_tiled,
     hr_stage_radius,
     map_tiles,
     receptive_radius,
@@ -23,7 +32,12 @@ CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _tiny(use_gradient_branch: bool = True, use_se: bool = True, num_blocks: int = 2) -> DGGGANGenerator:
+def _tiny(
+    use_gradient_branch: bool = True,
+    use_se: bool = True,
+    num_blocks: int = 2,
+    global_skip: GlobalSkip = "none",
+) -> DGGGANGenerator:
     torch.manual_seed(0)
     # init_scale 1 (not 0.1): larger activations make any tiling error visible.
     return DGGGANGenerator(
@@ -34,35 +48,88 @@ def _tiny(use_gradient_branch: bool = True, use_se: bool = True, num_blocks: int
         use_gradient_branch=use_gradient_branch,
         use_se=use_se,
         init_scale=1.0,
+        global_skip=global_skip,
     ).eval()
 
 
-@pytest.mark.parametrize("use_gradient_branch", [True, False])
-def test_split_matches_forward(use_gradient_branch: bool) -> None:
-    generator = _tiny(use_gradient_branch)
-    lr = torch.rand(2, 3, 12, 10)
+VARIANTS = [
+    pytest.param({}, id="full"),
+    pytest.param({"use_se": False}, id="no_se"),
+    pytest.param({"use_gradient_branch": False}, id="no_grad"),
+    pytest.param({"global_skip": "bicubic"}, id="bicubic"),
+    pytest.param(
+        {"global_skip": "bicubic", "use_gradient_branch": False, "use_se": False}, id="bicubic_bare"
+    ),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiled_encode_equals_encode(variant: dict) -> None:
+    """The LR stage, op by op on tiles with the maps updated in place, gives the forward's LR features."""
+    generator = _tiny(**variant)
+    lr = torch.rand(2, 3, 21, 19)
     with torch.no_grad():
-        expected = generator(lr)
-        actual = decode(generator, encode(generator, lr))
-    torch.testing.assert_close(actual.sr, expected.sr, rtol=0, atol=1e-6)
-    if use_gradient_branch:
-        torch.testing.assert_close(actual.grad_map, expected.grad_map, rtol=0, atol=1e-6)
-    else:
-        assert actual.grad_map is None
+        expected = generator.encode(lr)
+        tiled = encode_tiled(generator, lr, tile=8)
+    assert (tiled.gradient is None) == (expected.gradient is None) == (not generator.use_gradient_branch)
+    for actual, wanted in zip(tiled, expected, strict=True):
+        if wanted is not None:
+            torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("use_gradient_branch", [True, False])
-def test_tiled_equals_untiled(use_gradient_branch: bool) -> None:
-    generator = _tiny(use_gradient_branch)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiled_equals_untiled(variant: dict) -> None:
+    generator = _tiny(**variant)
     lr = torch.rand(2, 3, 37, 45)  # not a multiple of the tile: partial tiles on two edges
     with torch.no_grad():
         expected = generator(lr).sr
     calls: list[tuple[int, int]] = []
     tiled = upscale_tiled(generator, lr, tile=8, progress=lambda done, total: calls.append((done, total)))
     assert tiled.shape == expected.shape == (2, 3, 148, 180)
-    assert (tiled - expected).abs().max() <= 1e-5  # the goal is 1/255; this is far tighter
+    assert (tiled - expected).abs().max() <= 1e-5  # float rounding (often 0); the goal is 1/255
     total = count_tile_steps(generator, 37, 45, 8)
     assert calls == [(i, total) for i in range(1, total + 1)]
+
+
+def test_tiles_go_straight_into_a_uint8_image() -> None:
+    generator = _tiny(global_skip="bicubic")
+    lr = torch.rand(1, 3, 19, 23)
+    expected = quantize_uint8(upscale_tiled(generator, lr, tile=8))
+    tiled = upscale_tiled(generator, lr, tile=8, to_uint8=True)
+    assert tiled.dtype == torch.uint8 and torch.equal(tiled, expected)
+    assert tiled.permute(0, 2, 3, 1).is_contiguous()  # (B, H, W, 3) memory: what Pillow takes as is
+
+
+def test_channels_last_model_tiles_in_channels_last() -> None:
+    generator = _tiny()
+    lr = torch.rand(1, 3, 19, 23)
+    with torch.no_grad():
+        expected = generator(lr).sr
+    tiled = upscale_tiled(generator.to(memory_format=torch.channels_last), lr, tile=8)
+    assert tiled.is_contiguous(memory_format=torch.channels_last)
+    assert (tiled - expected).abs().max() <= 1e-5  # other conv kernels: float rounding only
+
+
+class _OneMoreOp(DGGGANGenerator):
+    """An architecture change made in the generator alone: one more local op in the LR stage."""
+
+    def encode(self, lr: Tensor, run: Run = apply, *, inplace: bool = False) -> LRFeatures:
+        features = super().encode(lr, run, inplace=inplace)
+        return LRFeatures(run(self.image_branch.trunk, features.image), features.gradient)
+
+
+def test_tile_steps_are_counted_on_the_generator_not_hard_coded() -> None:
+    # heads 2, blocks 2 x 2, one injection, trunks 2
+    assert count_local_ops(_tiny()) == 9 and count_local_ops(_tiny(use_gradient_branch=False)) == 4
+    torch.manual_seed(0)
+    generator = _OneMoreOp(channels=8, num_blocks=2, injection_blocks=(1,), se_reduction=4).eval()
+    assert count_local_ops(generator) == 10
+    lr = torch.rand(1, 3, 20, 12)
+    calls: list[int] = []
+    tiled = upscale_tiled(generator, lr, tile=4, progress=lambda done, total: calls.append(total))
+    assert len(calls) == calls[0] == count_tile_steps(generator, 20, 12, 4)
+    with torch.no_grad():
+        assert (tiled - generator(lr).sr).abs().max() <= 1e-5  # the tiled path followed the change
 
 
 def test_too_small_overlap_shows_seams() -> None:
@@ -79,6 +146,9 @@ def test_receptive_radii_match_the_architecture() -> None:
     # HR stage: 3x3 convs after nearest x2, x2 and at x4 -> 2 LR pixels (the default overlap).
     assert hr_stage_radius(_tiny()) == 2
     assert hr_stage_radius(_tiny(use_gradient_branch=False)) == 2
+    # The global skip is part of the HR stage (the LR tile is one of its inputs): bicubic reads 2 LR pixels.
+    assert hr_stage_radius(_tiny(global_skip="bicubic")) == 2
+    assert receptive_radius(lambda x: bicubic_upsample(x, 4), [torch.empty(1, 3, 1, 1)], CPU, scale=4) == 2
     # Whole network without SE (with SE it is the whole image): 4 per block (two 5x5 in a row), head 1,
     # G(LR) 1, trunk 1, tail 2 -> 4 * num_blocks + 5; 45 LR pixels for the default 10 blocks.
     for num_blocks in (1, 3):

@@ -6,15 +6,20 @@ so tiles could never match the untiled output (visible seams), whatever the over
 alone reach 4 * num_blocks + 5 LR pixels (45 at the default 10 blocks), so a tile of 128 would recompute
 more than twice its own area.
 
-Instead the generator is run in two stages, each tiled with exactly the context it needs:
-1. LR stage (`encode_tiled`): layer by layer over the whole LR image. Each local operation (heads, the
-   convolutions of one block, G(.), trunk) runs on tiles grown by its own receptive radius (4 LR pixels
-   for a block); each SE gate is computed on the assembled full map, as in the untiled forward. Memory:
-   a few C-channel LR maps of the whole image, plus one tile's working set.
-2. HR stage (`decode`): the x4 tails, fusion and output convs, whose receptive radius is 2 LR pixels,
-   run on LR tiles of `tile` pixels with `overlap` pixels of context on each side; only the valid centre
-   of each tile's output is kept (no blending needed). This stage dominates memory (~16x the pixels).
-Radii are measured on the actual modules (`receptive_radius`), not hard-coded.
+Instead the generator's own two stages (`DGGGANGenerator.encode` / `decode`, the code of its forward) are
+driven here, each tiled with exactly the context it needs; nothing of the architecture is repeated:
+1. LR stage (`encode_tiled`): `generator.encode(lr, run)` with a `run` that applies each local operation
+   (heads, the convolutions of one block, G(.), trunk + long skip) on tiles grown by its own receptive
+   radius (4 LR pixels for a block); each SE gate is computed by the generator on the assembled full map,
+   as in the untiled forward. Memory: `2 * branches + 1` C-channel LR maps of the whole image (in place
+   where the forward would allocate a new one), plus one tile's working set.
+2. HR stage: `generator.decode` (x4 tails, fusion, output convs, the optional bicubic global skip, whose
+   receptive radius is 2 LR pixels) on LR tiles of `tile` pixels with `overlap` pixels of context on each
+   side; only the valid centre of each tile's output is kept (no blending needed). The LR input is an
+   input of this stage, so the skip's reach is measured with the rest. This stage dominates compute and
+   the per-tile memory (~16x the pixels); its output can be written straight into a uint8 buffer.
+Radii are measured on the actual modules (`receptive_radius`), and the number of tile steps is counted on
+a dry run of `encode`, not hard-coded.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from dgggan_pl.models.generator import DGGGANGenerator, GeneratorOutput
+from dgggan_pl.data.io import quantize_uint8
+from dgggan_pl.models.generator import DGGGANGenerator, LRFeatures
 
 LR_STAGE_TILE_FACTOR = 2  # LR-stage tiles are this many times wider: ~13C channels/pixel vs ~96C at HR
 _PROBE_SIZE = 17  # first probe (LR pixels) when measuring a receptive radius; doubled until it fits
@@ -36,99 +41,46 @@ ProgressFn = Callable[[int, int], None]
 TileFn = Callable[..., Tensor]
 
 
-class LRFeatures(NamedTuple):
-    """The generator's LR-resolution state just before its x4 tails: `(B, C, h, w)` each (trunk + long skip)."""
-
-    image: Tensor
-    gradient: Tensor | None
-
-
-def _check_lr(generator: DGGGANGenerator, lr: Tensor) -> None:
-    if lr.dim() != 4 or lr.shape[1] != generator.in_channels or not lr.is_floating_point():
-        raise ValueError(
-            f"expected a float LR batch (B, {generator.in_channels}, h, w) in [0, 1], "
-            f"got {tuple(lr.shape)} {lr.dtype}"
-        )
-
-
-def _block_local(block: torch.nn.Module, x: Tensor) -> Tensor:
-    """An EMSRB without its SE gate and residual add: the purely local part (mirrors its `forward`)."""
-    s1 = torch.cat([block.act(block.stage1_3x3(x)), block.act(block.stage1_5x5(x))], dim=1)
-    s2 = torch.cat([block.act(block.stage2_3x3(s1)), block.act(block.stage2_5x5(s1))], dim=1)
-    return block.fuse(torch.cat([s1, s2], dim=1))
-
-
-def _block_finish(block: torch.nn.Module, x: Tensor, local: Tensor) -> Tensor:
-    """SE over the WHOLE map (global pooling) and the residual add: the non-local part of an EMSRB.
-
-    Runs on the block's device; the result stays on `x`'s (storage) device and dtype.
-    """
-    if block.se is None:
-        return x + local
-    device = next(block.parameters()).device
-    return x + block.se(local.to(device)).to(x.device, x.dtype)
-
-
-def _trunk_skip(branch: torch.nn.Module) -> TileFn:
-    return lambda features, head: branch.trunk(features) + head
-
-
-def encode(generator: DGGGANGenerator, lr: Tensor) -> LRFeatures:
-    """Untiled LR stage: `(B, 3, h, w)` in [0, 1] -> `LRFeatures`, exactly as the generator's forward."""
-    return _encode(generator, lr, lambda fn, *inputs: fn(*inputs))
-
-
 def encode_tiled(
     generator: DGGGANGenerator, lr: Tensor, tile: int, progress: Callable[[], None] | None = None
 ) -> LRFeatures:
-    """LR stage op by op, each local op on `tile`-pixel tiles with its measured halo; same result as `encode`."""
+    """`generator.encode` with each local op on `tile`-pixel tiles grown by its measured halo.
 
+    Same result as `generator.encode(lr)`; the maps stay on `lr`'s device, tiles run on the generator's.
+    """
     device = next(generator.parameters()).device
 
     def run(fn: TileFn, *inputs: Tensor) -> Tensor:
         halo = receptive_radius(fn, inputs, device)
         return map_tiles(fn, inputs, tile=tile, halo=halo, device=device, progress=progress)
 
-    return _encode(generator, lr, run)
+    return generator.encode(lr, run, inplace=True)
 
 
-def _encode(generator: DGGGANGenerator, lr: Tensor, run: Callable[..., Tensor]) -> LRFeatures:
-    """The generator's LR stage with every local op passed through `run(fn, *inputs)` (direct or tiled)."""
-    _check_lr(generator, lr)
-    image_branch = generator.image_branch
-    image_head = run(image_branch.head, lr)
-    image = image_head
-    if not generator.use_gradient_branch:
-        for block in image_branch.blocks:
-            image = _block_finish(block, image, run(lambda x, b=block: _block_local(b, x), image))
-        return LRFeatures(run(_trunk_skip(image_branch), image, image_head), None)
+def count_local_ops(generator: DGGGANGenerator) -> int:
+    """How many local ops `generator.encode` passes to its `run` (counted on a 1x1 dry run)."""
+    calls = 0
 
-    grad_branch = generator.gradient_branch
-    grad_head = run(lambda x: grad_branch.head(generator.gradient(x)), lr)
-    grad = grad_head
-    blocks = zip(image_branch.blocks, grad_branch.blocks, strict=True)
-    for index, (image_block, grad_block) in enumerate(blocks, start=1):
-        image = _block_finish(image_block, image, run(lambda x, b=image_block: _block_local(b, x), image))
-        grad = _block_finish(grad_block, grad, run(lambda x, b=grad_block: _block_local(b, x), grad))
-        if index in generator.injection_blocks:
-            grad = grad + run(generator.gradient, image)
-    return LRFeatures(
-        run(_trunk_skip(image_branch), image, image_head), run(_trunk_skip(grad_branch), grad, grad_head)
-    )
+    def run(fn: TileFn, *inputs: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return fn(*inputs)
+
+    device = next(generator.parameters()).device
+    with torch.no_grad():
+        generator.encode(torch.zeros(1, generator.in_channels, 1, 1, device=device), run, inplace=True)
+    return calls
 
 
-def decode(generator: DGGGANGenerator, features: LRFeatures) -> GeneratorOutput:
-    """HR stage: `LRFeatures` `(B, C, h, w)` -> `GeneratorOutput` at `(B, 3, 4h, 4w)`; purely local."""
-    image_hr = generator.image_branch.tail(features.image)
-    if features.gradient is None:
-        return GeneratorOutput(generator.image_out(image_hr), None)
-    grad_hr = generator.gradient_branch.tail(features.gradient)
-    sr = generator.image_out(generator.fusion(torch.cat([image_hr, grad_hr], dim=1)))
-    return GeneratorOutput(sr, generator.gradient_out(grad_hr))
+def _decode_inputs(features: LRFeatures, lr: Tensor) -> list[Tensor]:
+    return [*(f for f in features if f is not None), lr]
 
 
 def _decode_sr(generator: DGGGANGenerator) -> TileFn:
-    return lambda image, gradient=None: decode(generator, LRFeatures(image, gradient)).sr
+    """`generator.decode` as a tile function of `_decode_inputs` (features..., lr) -> SR image."""
+    if generator.use_gradient_branch:
+        return lambda image, gradient, lr: generator.decode(LRFeatures(image, gradient), lr).sr
+    return lambda image, lr: generator.decode(LRFeatures(image, None), lr).sr
 
 
 def receptive_radius(fn: TileFn, inputs: Sequence[Tensor], device: torch.device, scale: int = 1) -> int:
@@ -166,34 +118,58 @@ def map_tiles(
     device: torch.device,
     scale: int = 1,
     progress: Callable[[], None] | None = None,
+    out: Tensor | None = None,
+    convert: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Apply a local op to `tile` x `tile` pieces of `inputs` (`(B, C_i, h, w)`) grown by `halo` pixels.
 
-    Returns `(B, C', scale*h, scale*w)` on the inputs' device and dtype, equal to `fn(*inputs)` whenever
-    `halo` is at least `fn`'s receptive radius: each piece contributes only its centre, which saw all the
-    context it needs (image borders are padded the same way as untiled). Pieces are computed on `device`,
-    so GPU memory holds one grown tile of `fn`'s activations, whatever the image size.
+    Returns `(B, C', scale*h, scale*w)`, equal to `fn(*inputs)` whenever `halo` is at least `fn`'s receptive
+    radius: each piece contributes only its centre, which saw all the context it needs (image borders are
+    padded the same way as untiled). Pieces are computed on `device`, so its memory holds one grown tile of
+    `fn`'s activations, whatever the image size. The result is written into `out` when given (any dtype,
+    device or strides; each centre passes through `convert` first), else into a new tensor on the inputs'
+    device and dtype, in the memory format `fn` returns (channels_last in, channels_last out).
     """
     if tile < 1 or halo < 0:
         raise ValueError(f"tile must be >= 1 and halo >= 0, got tile={tile}, halo={halo}")
     height, width = inputs[0].shape[-2:]
-    output: Tensor | None = None
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
             y0, x0 = max(top - halo, 0), max(left - halo, 0)
             y1, x1 = min(bottom + halo, height), min(right + halo, width)
             piece = fn(*(x[..., y0:y1, x0:x1].to(device) for x in inputs))
-            if output is None:
-                shape = (piece.shape[0], piece.shape[1], scale * height, scale * width)
-                output = inputs[0].new_empty(shape)
-            output[..., scale * top : scale * bottom, scale * left : scale * right] = piece[
+            centre = piece[
                 ..., scale * (top - y0) : scale * (bottom - y0), scale * (left - x0) : scale * (right - x0)
             ]
+            if out is None:
+                out = _new_output(piece, inputs[0], (scale * height, scale * width))
+            out[..., scale * top : scale * bottom, scale * left : scale * right] = (
+                centre if convert is None else convert(centre)
+            )
             if progress is not None:
                 progress()
-    assert output is not None  # height, width >= 1
-    return output
+    assert out is not None  # height, width >= 1
+    return out
+
+
+def _new_output(piece: Tensor, like: Tensor, size: tuple[int, int]) -> Tensor:
+    channels_last = (
+        piece.dim() == 4
+        and not piece.is_contiguous()
+        and piece.is_contiguous(memory_format=torch.channels_last)
+    )
+    return torch.empty(
+        (piece.shape[0], piece.shape[1], *size),
+        dtype=like.dtype,
+        device=like.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
+
+
+def uint8_image_buffer(batch: int, height: int, width: int, channels: int = 3) -> Tensor:
+    """A `(B, C, H, W)` uint8 view of `(B, H, W, C)` memory: what image writers take without a copy."""
+    return torch.empty(batch, height, width, channels, dtype=torch.uint8).permute(0, 3, 1, 2)
 
 
 def count_tile_steps(generator: DGGGANGenerator, height: int, width: int, tile: int) -> int:
@@ -201,19 +177,15 @@ def count_tile_steps(generator: DGGGANGenerator, height: int, width: int, tile: 
     lr_tile = LR_STAGE_TILE_FACTOR * tile
     lr_tiles = math.ceil(height / lr_tile) * math.ceil(width / lr_tile)
     hr_tiles = math.ceil(height / tile) * math.ceil(width / tile)
-    num_blocks = len(generator.image_branch.blocks)
-    if generator.use_gradient_branch:
-        lr_ops = 2 + 2 * num_blocks + len(generator.injection_blocks) + 2  # heads, blocks, G(.), trunks
-    else:
-        lr_ops = 1 + num_blocks + 1
-    return lr_ops * lr_tiles + hr_tiles
+    return count_local_ops(generator) * lr_tiles + hr_tiles
 
 
 def hr_stage_radius(generator: DGGGANGenerator) -> int:
     """Receptive radius (LR pixels) of the HR stage: the smallest `overlap` that makes tiles seam-free."""
     channels = generator.image_branch.trunk.out_channels
     probe = torch.empty(1, channels, 1, 1)
-    inputs = [probe, probe] if generator.use_gradient_branch else [probe]
+    features = LRFeatures(probe, probe if generator.use_gradient_branch else None)
+    inputs = _decode_inputs(features, torch.empty(1, generator.in_channels, 1, 1))
     device = next(generator.parameters()).device
     return receptive_radius(_decode_sr(generator), inputs, device, scale=generator.scale)
 
@@ -226,13 +198,16 @@ def upscale_tiled(
     overlap: int | None = None,
     *,
     progress: ProgressFn | None = None,
+    to_uint8: bool = False,
 ) -> Tensor:
-    """x`scale` SR of `lr` `(B, 3, h, w)` in [0, 1] -> `(B, 3, scale*h, scale*w)` float, tile by tile.
+    """x`scale` SR of `lr` `(B, 3, h, w)` in [0, 1] -> `(B, 3, scale*h, scale*w)`, tile by tile.
 
     `tile`: LR pixels per HR-stage tile (the LR stage uses `LR_STAGE_TILE_FACTOR` times wider tiles).
     `overlap`: LR pixels of context around each HR-stage tile; None = `hr_stage_radius(generator)`, the
     smallest seam-free value. Smaller values are allowed (faster) but warned about: seams may show.
-    `progress(done, total)` is called after every tile. Returns the SR image on `lr`'s device.
+    `progress(done, total)` is called after every tile. Returns the SR image on `lr`'s device: float (not
+    clamped), or with `to_uint8` each tile rounded as `save_image` does straight into a uint8 buffer
+    (`uint8_image_buffer`, allocated after the LR stage), so no float HR image ever exists.
     """
     if any(p.is_inference() for p in generator.parameters()):
         raise ValueError(
@@ -255,15 +230,18 @@ def upscale_tiled(
         if progress is not None:
             progress(done, total)
 
-    features = encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * tile, step)
-    inputs = [f for f in features if f is not None]
-    device = next(generator.parameters()).device
+    inputs = _decode_inputs(encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * tile, step), lr)
+    out = None
+    if to_uint8:
+        out = uint8_image_buffer(lr.shape[0], *(generator.scale * n for n in lr.shape[-2:]), lr.shape[1])
     return map_tiles(
         _decode_sr(generator),
         inputs,
         tile=tile,
         halo=overlap,
-        device=device,
+        device=next(generator.parameters()).device,
         scale=generator.scale,
         progress=step,
+        out=out,
+        convert=quantize_uint8 if to_uint8 else None,
     )

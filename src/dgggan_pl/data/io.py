@@ -77,6 +77,11 @@ def read_image(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+def quantize_uint8(image: Tensor) -> Tensor:
+    """Float in [0, 1] (any shape) -> uint8, rounded half up and clamped: how every image is written."""
+    return torch.floor(image.detach().float() * _UINT8_MAX + 0.5).clamp_(0, _UINT8_MAX).to(torch.uint8)
+
+
 def _to_uint8_hwc(image: Tensor) -> np.ndarray:
     """`(3, H, W)` uint8, or float in [0, 1] (rounded half up, clamped) -> `(H, W, 3)` uint8 numpy."""
     if image.dim() != 3 or image.shape[0] not in (1, 3):
@@ -84,7 +89,7 @@ def _to_uint8_hwc(image: Tensor) -> np.ndarray:
     if image.dtype != torch.uint8:
         if not image.is_floating_point():
             raise TypeError(f"save_image expects uint8 or float in [0, 1], got {image.dtype}")
-        image = torch.floor(image.detach().float() * _UINT8_MAX + 0.5).clamp_(0, _UINT8_MAX).to(torch.uint8)
+        image = quantize_uint8(image)
     array = image.cpu().numpy().transpose(1, 2, 0)
     return array[:, :, 0] if array.shape[2] == 1 else np.ascontiguousarray(array)
 

@@ -1,4 +1,4 @@
-"""Building blocks of the DGGGAN generator: SE and the enhanced multi-scale residual block (DESIGN.md §1)."""
+"""Building blocks of the DGGGAN generator: SE and the enhanced multi-scale residual block (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -51,15 +51,28 @@ class SqueezeExcitation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """`(B, C, H, W)` -> `(B, C, H, W)`, each channel scaled by its gate in (0, 1)."""
-        return x * self.gate(x)
+        return x * self.channel_gate(x)
+
+    def channel_gate(self, x: Tensor) -> Tensor:
+        """`(B, C, H, W)` -> `(B, C, 1, 1)` gates, computed on this module's device and returned on `x`'s.
+
+        The pooling is global (the whole map), so tiled inference computes it on the assembled map; `x` may
+        live on another device (CPU storage for a GPU model) and only visits this one for the gate.
+        """
+        device = self.gate[1].weight.device
+        return self.gate(x.to(device)).to(x.device)
 
 
 class EnhancedMultiScaleResidualBlock(nn.Module):
-    """MSRN's two-stage 3x3/5x5 block, fusing all four branch outputs (DESIGN.md §1, "msrb4").
+    """MSRN's two-stage 3x3/5x5 block, fusing all four branch outputs (docs/design.md, "msrb4").
 
     stage 1: 3x3 and 5x5 (C -> C) on x; stage 2: 3x3 and 5x5 (2C -> 2C) on concat(stage 1);
     1x1 fuse of concat(all four) = 6C -> C without activation; optional SE; residual add of x.
     LeakyReLU after every 3x3/5x5 conv. Shape `(B, C, H, W)` -> `(B, C, H, W)`.
+
+    Two stages, so that tiled inference can drive the same code: `local` (the convolutions, receptive
+    radius 4 pixels) and `finish` (SE, whose gate pools the WHOLE map, and the residual add).
+    `forward(x) = finish(x, local(x))`.
     """
 
     def __init__(self, channels: int, use_se: bool, se_reduction: int, negative_slope: float) -> None:
@@ -73,12 +86,26 @@ class EnhancedMultiScaleResidualBlock(nn.Module):
         self.se = SqueezeExcitation(channels, se_reduction) if use_se else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """`(B, C, H, W)` -> `(B, C, H, W)`."""
+        return self.finish(x, self.local(x))
+
+    def local(self, x: Tensor) -> Tensor:
+        """The convolutions and the 1x1 fuse, `(B, C, H, W)` -> `(B, C, H, W)`: purely local (radius 4)."""
         s1 = torch.cat([self.act(self.stage1_3x3(x)), self.act(self.stage1_5x5(x))], dim=1)
         s2 = torch.cat([self.act(self.stage2_3x3(s1)), self.act(self.stage2_5x5(s1))], dim=1)
-        fused = self.fuse(torch.cat([s1, s2], dim=1))
-        if self.se is not None:
-            fused = self.se(fused)
-        return x + fused
+        return self.fuse(torch.cat([s1, s2], dim=1))
+
+    def finish(self, x: Tensor, local: Tensor, *, inplace: bool = False) -> Tensor:
+        """`x + SE(local)` (or `x + local` without SE); the SE gate pools the whole map.
+
+        `inplace=True` writes the result into `local`'s memory (same values, bit for bit: x + local * gate),
+        which saves one full map in tiled inference; never with autograd. `x` and `local` may be on another
+        device than the weights (the gate alone is computed on the weights' device).
+        """
+        if self.se is None:
+            return local.add_(x) if inplace else x + local
+        gate = self.se.channel_gate(local)
+        return local.mul_(gate).add_(x) if inplace else x + local * gate
 
 
 class UpsampleTail(nn.Module):

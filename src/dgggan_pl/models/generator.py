@@ -1,8 +1,13 @@
-"""The DGGGAN generator: an image branch and a gradient branch with deep gradient guidance (DESIGN.md §1)."""
+"""The DGGGAN generator: an image branch and a gradient branch with deep gradient guidance (docs/design.md).
+
+The forward pass is written once, as two stages that tiled inference (`dgggan_pl.tiling`) drives too:
+`encode(lr, run)` (everything at LR resolution; every local op is applied through `run`) and
+`decode(features, lr)` (the x`scale` tails, fusion, output convs and the optional global skip).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, get_args
 
 import torch
@@ -17,7 +22,6 @@ from dgggan_pl.models.blocks import (
 )
 from dgggan_pl.models.gradient import GradientMagnitude
 
-
 GlobalSkip = Literal["none", "bicubic"]
 GLOBAL_SKIPS: tuple[str, ...] = get_args(GlobalSkip)
 
@@ -30,6 +34,21 @@ def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
     MATLAB's a = -0.5 kernel is only needed where numbers are compared with papers (the bicubic baseline).
     """
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def apply(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """The plain `run` of `DGGGANGenerator.encode`: `fn(*inputs)` on the whole maps."""
+    return fn(*inputs)
+
+
+Run = Callable[..., Tensor]  # run(fn, *inputs) -> fn(*inputs), computed directly or tile by tile
+
+
+class LRFeatures(NamedTuple):
+    """The generator's LR-resolution state before its x`scale` tails (trunk + long skip), `(B, C, h, w)` each."""
+
+    image: Tensor
+    gradient: Tensor | None
 
 
 class GeneratorOutput(NamedTuple):
@@ -64,9 +83,9 @@ class SRBranch(nn.Module):
         self.trunk = conv3x3(channels, channels)
         self.tail = UpsampleTail(channels, scale, negative_slope)
 
-    def upsample(self, features: Tensor, head_features: Tensor) -> Tensor:
-        """Trunk conv + long skip from the head, then the HR tail: `(B, C, h, w)` -> `(B, C, sh, sw)`."""
-        return self.tail(self.trunk(features) + head_features)
+    def long_skip(self, features: Tensor, head_features: Tensor) -> Tensor:
+        """Trunk conv + long skip from the head, `(B, C, h, w)` -> `(B, C, h, w)`; the tail follows in `decode`."""
+        return self.trunk(features) + head_features
 
 
 class DGGGANGenerator(nn.Module):
@@ -74,7 +93,7 @@ class DGGGANGenerator(nn.Module):
 
     Args:
         in_channels: image channels (3).
-        channels: width C of both branches (64 parameter-faithful, 32 FLOPs-faithful; DESIGN.md §1).
+        channels: width C of both branches (64 parameter-faithful, 32 FLOPs-faithful; docs/models.md).
         num_blocks: EMSRBs per branch.
         injection_blocks: 1-based image-block indices after which G(image features) is added to the
             gradient branch's features at the same depth.
@@ -150,16 +169,41 @@ class DGGGANGenerator(nn.Module):
 
     def forward(self, lr: Tensor) -> GeneratorOutput:
         """`(B, 3, h, w)` in [0, 1] -> SR image and SR gradient map, both `(B, 3, scale*h, scale*w)`."""
+        return self.decode(self.encode(lr), lr)
+
+    def encode(self, lr: Tensor, run: Run = apply, *, inplace: bool = False) -> LRFeatures:
+        """LR stage: `(B, 3, h, w)` -> `LRFeatures`. Every local op goes through `run(fn, *inputs)`.
+
+        What is not local (each SE gate pools its whole map, in `EMSRB.finish`) runs here on the maps
+        `run` returned. `inplace=True` (inference only, never with autograd) lets `finish` and the
+        injections write into maps that `run` just made, which saves a full map per branch; same values.
+        """
         self._check_input(lr)
-        if not self.use_gradient_branch:
-            image_head = self.image_branch.head(lr)
-            features = image_head
-            for block in self.image_branch.blocks:
-                features = block(features)
-            sr = self.image_out(self.image_branch.upsample(features, image_head))
-            return GeneratorOutput(self.add_global_skip(sr, lr), None)
-        out = self._forward_two_branches(lr)
-        return GeneratorOutput(self.add_global_skip(out.sr, lr), out.grad_map)
+        image_head = run(self.image_branch.head, lr)
+        grad_head = run(self._gradient_head, lr) if self.use_gradient_branch else None
+        image, grad = image_head, grad_head
+        for index, image_block in enumerate(self.image_branch.blocks, start=1):
+            image = image_block.finish(image, run(image_block.local, image), inplace=inplace)
+            if grad is None:
+                continue
+            grad_block = self.gradient_branch.blocks[index - 1]
+            grad = grad_block.finish(grad, run(grad_block.local, grad), inplace=inplace)
+            if index in self.injection_blocks:
+                guidance = run(self.gradient, image)
+                grad = grad.add_(guidance) if inplace else grad + guidance
+        image = run(self.image_branch.long_skip, image, image_head)
+        if grad is None:
+            return LRFeatures(image, None)
+        return LRFeatures(image, run(self.gradient_branch.long_skip, grad, grad_head))
+
+    def decode(self, features: LRFeatures, lr: Tensor) -> GeneratorOutput:
+        """HR stage, purely local (radius 2 LR pixels): `LRFeatures` and the LR input -> `GeneratorOutput`."""
+        image_hr = self.image_branch.tail(features.image)
+        if features.gradient is None:
+            return GeneratorOutput(self.add_global_skip(self.image_out(image_hr), lr), None)
+        grad_hr = self.gradient_branch.tail(features.gradient)
+        sr = self.image_out(self.fusion(torch.cat([image_hr, grad_hr], dim=1)))
+        return GeneratorOutput(self.add_global_skip(sr, lr), self.gradient_out(grad_hr))
 
     def add_global_skip(self, sr: Tensor, lr: Tensor) -> Tensor:
         """`sr` + bicubic(`lr`) with `global_skip: bicubic`; `sr` unchanged with `none`."""
@@ -167,17 +211,5 @@ class DGGGANGenerator(nn.Module):
             return sr
         return sr + bicubic_upsample(lr, self.scale)
 
-    def _forward_two_branches(self, lr: Tensor) -> GeneratorOutput:
-        image_head = self.image_branch.head(lr)
-        grad_head = self.gradient_branch.head(self.gradient(lr))
-        image_feat, grad_feat = image_head, grad_head
-        blocks = zip(self.image_branch.blocks, self.gradient_branch.blocks, strict=True)
-        for index, (image_block, grad_block) in enumerate(blocks, start=1):
-            image_feat = image_block(image_feat)
-            grad_feat = grad_block(grad_feat)
-            if index in self.injection_blocks:
-                grad_feat = grad_feat + self.gradient(image_feat)
-        image_hr = self.image_branch.upsample(image_feat, image_head)
-        grad_hr = self.gradient_branch.upsample(grad_feat, grad_head)
-        sr = self.image_out(self.fusion(torch.cat([image_hr, grad_hr], dim=1)))
-        return GeneratorOutput(sr, self.gradient_out(grad_hr))
+    def _gradient_head(self, lr: Tensor) -> Tensor:
+        return self.gradient_branch.head(self.gradient(lr))
