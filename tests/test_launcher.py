@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,13 @@ from dgggan_pl.launch.commands import (
     RANK_ENTRY_MODULE,
     AppTarget,
     clean_env,
+    forwarded_hydra_overrides,
     job_command,
     process_count,
     quote_override_value,
     with_wandb_group,
 )
+from dgggan_pl.launch.devices import device_changes, gpu_slots, visible_gpu_ids
 from dgggan_pl.launch.rank_entry import app_job_name, rank_overrides
 from dgggan_pl.launch.summary import read_summary
 
@@ -131,19 +135,29 @@ def test_wandb_group_only_where_the_job_logs_to_wandb() -> None:
 
 
 TOY_APP = """
-import json, os
+import json, os, signal, subprocess, sys, time
 import hydra
 from hydra.core.hydra_config import HydraConfig
+
+IGNORE = "import signal, time; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]; time.sleep(600)"
 
 @hydra.main(config_path="conf", config_name="cfg", version_base="1.3")
 def main(cfg):
     out = HydraConfig.get().runtime.output_dir
     env = {k: os.environ.get(k) for k in ("LOCAL_RANK", "MASTER_PORT", "WORLD_SIZE")}
     record = {"value": cfg.value, "env": env, "group": cfg.logger.wandb.group, "mode": str(HydraConfig.get().mode)}
+    record |= {"flag": os.environ.get("MY_FLAG"), "cwd": os.getcwd()}
+    if cfg.value in ("hang", "stubborn"):  # a grandchild that ignores every stop signal, like a stuck rank
+        record["orphan_pid"] = subprocess.Popen([sys.executable, "-c", IGNORE]).pid
     with open(os.path.join(out, "job.json"), "w") as handle:
         json.dump(record, handle)
     if cfg.value == "bad":
         raise ValueError("deliberate failure")
+    if cfg.value == "stubborn":
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+    if cfg.value in ("hang", "stubborn"):
+        time.sleep(600)
 
 if __name__ == "__main__":
     main()
@@ -162,13 +176,19 @@ hydra:
 """
 
 
-def test_toy_sweep_runs_each_job_fresh_and_reports_failure(tmp_path: Path) -> None:
-    """Three 1-process jobs of a toy app: one fails, the others complete; env leaks never reach a job."""
+def _toy_app(tmp_path: Path) -> Path:
+    """A toy Hydra app using conf/hydra/launcher/ddp.yaml in `tmp_path`; returns its sweep folder."""
     (tmp_path / "conf" / "hydra" / "launcher").mkdir(parents=True)
     shutil.copy(config_dir() / "hydra" / "launcher" / "ddp.yaml", tmp_path / "conf" / "hydra" / "launcher")
     sweep = tmp_path / "sweep"
     (tmp_path / "conf" / "cfg.yaml").write_text(TOY_CONFIG.replace("SWEEP_DIR", str(sweep)))
     (tmp_path / "app.py").write_text(TOY_APP)
+    return sweep
+
+
+def test_toy_sweep_runs_each_job_fresh_and_reports_failure(tmp_path: Path) -> None:
+    """Three 1-process jobs of a toy app: one fails, the others complete; env leaks never reach a job."""
+    sweep = _toy_app(tmp_path)
     env = {**os.environ, "LOCAL_RANK": "0", "MASTER_PORT": "1234", "WORLD_SIZE": "2"}
     proc = subprocess.run(
         [sys.executable, "app.py", "-m", "value=a,bad,c"],
@@ -218,3 +238,197 @@ def test_a_job_that_cannot_be_composed_fails_alone(tmp_path: Path) -> None:
         _ = ret.return_value
     (record,) = read_summary(sweep)
     assert record.status == "failed" and record.command == [] and "does_not_exist" in record.error
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for(path: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("signum", "value"),
+    [(signal.SIGINT, "hang"), (signal.SIGTERM, "stubborn")],  # SIGHUP takes the same path
+)
+def test_interrupted_toy_sweep_leaves_no_process_and_says_so(tmp_path: Path, signum: int, value: str) -> None:
+    """A signal to the sweep reaches the running job; after the grace period nothing of its process group is
+    left (not even a grandchild that ignores signals, nor a job that does); the summary says what happened."""
+    sweep = _toy_app(tmp_path)
+    sweep_proc = subprocess.Popen(
+        [sys.executable, "app.py", "-m", f"value={value},never", "hydra.launcher.kill_grace_s=2"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job_file = sweep / f"0_value={value}" / "job.json"
+    _wait_for(job_file)
+    orphan = json.loads(job_file.read_text())["orphan_pid"]
+    assert _alive(orphan)
+    sweep_proc.send_signal(signum)
+    _, stderr = sweep_proc.communicate(timeout=60)
+    assert sweep_proc.returncode == -signum, stderr[-2000:]  # ends the way the signal would have ended it
+    assert not _alive(orphan)
+    records = read_summary(sweep)
+    assert [(r.num, r.status) for r in records] == [(0, "interrupted"), (1, "not started")]
+    assert signal.Signals(signum).name in records[0].error
+    assert not (sweep / "1_value=never").exists()
+
+
+def test_command_line_hydra_overrides_reach_the_jobs(tmp_path: Path) -> None:
+    """`+hydra.job.env_set...`, `hydra.job.chdir`, `hydra/job_logging`, `hydra.verbose` typed for a sweep are
+    in each job's own `.hydra/hydra.yaml` and take effect there; sweep-only keys are not forwarded."""
+    sweep = _toy_app(tmp_path)
+    typed = [
+        "+hydra.job.env_set.MY_FLAG=on",
+        "hydra.job.chdir=true",
+        "hydra/job_logging=disabled",
+        "hydra.verbose=true",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "app.py", "-m", "value=a", *typed],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job_dir in sorted(sweep.glob("[0-9]_*")):
+        record = json.loads((job_dir / "job.json").read_text())
+        assert record["flag"] == "on" and Path(record["cwd"]) == job_dir
+        hydra_cfg = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+        assert set(typed) <= set(hydra_cfg.overrides.hydra)
+        assert not [
+            o
+            for o in hydra_cfg.overrides.hydra
+            if o.startswith(("hydra.sweep", "hydra/launcher", "hydra.mode=MULTIRUN"))
+        ]
+        assert hydra_cfg.runtime.choices["hydra/job_logging"] == "disabled" and hydra_cfg.verbose is True
+        assert not (job_dir / "app.log").exists()  # job_logging=disabled writes no log file
+
+
+def test_forwarded_hydra_overrides_drop_sweep_only_keys() -> None:
+    typed = [
+        "hydra.sweep.dir=/x",
+        "hydra/launcher=ddp",
+        "hydra.launcher.parallel_jobs=2",
+        "hydra.mode=MULTIRUN",
+        "hydra.run.dir=/y",
+        "hydra/sweeper=basic",
+        "hydra.job.num=3",
+        "+hydra.job.env_set.A=1",
+        "hydra.job.chdir=true",
+        "hydra.job_logging.root.level=DEBUG",
+        "~hydra.callbacks.x",
+        "hydra.verbose=[a,b]",
+    ]
+    assert forwarded_hydra_overrides(typed) == typed[7:]
+
+
+KEYS = {
+    "devices": "trainer.devices",
+    "strategy": "trainer.strategy",
+    "num_nodes": "trainer.num_nodes",
+    "accelerator": "trainer.accelerator",
+}
+DEFAULT_TRAINER = {"devices": 1, "accelerator": "auto", "strategy": "auto"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "trainer", "cuda", "expected"),
+    [
+        (
+            ["ablation=no_grad"],
+            DEFAULT_TRAINER,
+            8,
+            {"devices": 8, "strategy": "ddp_find_unused_parameters_true"},
+        ),
+        (
+            ["ablation=no_grad"],
+            {"devices": 1, "accelerator": "gpu"},
+            2,
+            {"devices": 2, "strategy": "ddp_find_unused_parameters_true"},
+        ),
+        (["ablation=no_grad"], DEFAULT_TRAINER, 1, {}),  # one GPU: nothing to widen
+        (["ablation=no_grad"], DEFAULT_TRAINER, 0, {}),  # CPU only: one process
+        (["ablation=no_grad"], {"devices": 1, "accelerator": "cpu"}, 8, {}),
+        (["trainer.devices=1"], DEFAULT_TRAINER, 8, {}),  # the user chose
+        (["trainer=gpu"], DEFAULT_TRAINER, 8, {}),
+        (
+            ["trainer=ddp"],
+            {"devices": -1, "accelerator": "gpu", "strategy": "ddp_find_unused_parameters_true"},
+            8,
+            {},
+        ),
+        (["ablation=none"], {"devices": 1, "accelerator": "auto", "strategy": "ddp"}, 4, {"devices": 4}),
+    ],
+)
+def test_all_gpus_rule(overrides: list[str], trainer: dict, cuda: int, expected: dict) -> None:
+    changes = device_changes(
+        overrides,
+        trainer,
+        cuda,
+        keys=KEYS,
+        all_gpus=True,
+        gpus_per_job=None,
+        ddp_strategy="ddp_find_unused_parameters_true",
+    )
+    assert changes == expected
+    final = {**trainer, **changes}
+    nproc = process_count(final["devices"], final["accelerator"], final.get("strategy", "auto"), cuda)
+    assert nproc == (cuda if changes else (1 if trainer["devices"] == 1 else cuda))
+
+
+def test_all_gpus_off_and_gpus_per_job() -> None:
+    off = device_changes(
+        [], DEFAULT_TRAINER, 8, keys=KEYS, all_gpus=False, gpus_per_job=None, ddp_strategy="ddp"
+    )
+    assert off == {}
+    two = device_changes([], DEFAULT_TRAINER, 8, keys=KEYS, all_gpus=True, gpus_per_job=2, ddp_strategy="ddp")
+    assert two == {"devices": 2, "strategy": "ddp"}
+    with pytest.raises(ValueError, match="trainer.devices is set from hydra.launcher.gpus_per_job"):
+        device_changes(
+            ["trainer.devices=4"],
+            DEFAULT_TRAINER,
+            8,
+            keys=KEYS,
+            all_gpus=True,
+            gpus_per_job=2,
+            ddp_strategy="ddp",
+        )
+    with pytest.raises(ValueError, match="parallel_jobs for CPU jobs"):
+        device_changes(
+            [],
+            {"devices": 2, "accelerator": "cpu"},
+            8,
+            keys=KEYS,
+            all_gpus=True,
+            gpus_per_job=2,
+            ddp_strategy="ddp",
+        )
+
+
+def test_gpu_slots_are_disjoint() -> None:
+    ids = visible_gpu_ids({}, 8)
+    assert ids == [str(i) for i in range(8)]
+    assert gpu_slots(2, None, ids) == [{"CUDA_VISIBLE_DEVICES": v} for v in ("0,1", "2,3", "4,5", "6,7")]
+    assert gpu_slots(3, None, ids) == [{"CUDA_VISIBLE_DEVICES": "0,1,2"}, {"CUDA_VISIBLE_DEVICES": "3,4,5"}]
+    assert gpu_slots(2, 1, ids) == [{"CUDA_VISIBLE_DEVICES": "0,1"}]
+    assert gpu_slots(None, None, ids) == [{}] and gpu_slots(None, 3, []) == [{}, {}, {}]
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "5,GPU-ab,7"}, 3) == ["5", "GPU-ab", "7"]
+    assert gpu_slots(1, None, visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "5,7"}, 2)) == [
+        {"CUDA_VISIBLE_DEVICES": "5"},
+        {"CUDA_VISIBLE_DEVICES": "7"},
+    ]
+    with pytest.raises(ValueError, match="gpus_per_job=4 but this machine shows 2"):
+        gpu_slots(4, None, ["0", "1"])
+    with pytest.raises(ValueError, match="parallel_jobs=3"):
+        gpu_slots(2, 3, ids[:4])
