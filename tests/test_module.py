@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -28,7 +29,8 @@ def loader(num_batches: int, nan: bool = False) -> DataLoader:
         hr = torch.rand(3, LR_SIZE * SCALE, LR_SIZE * SCALE, generator=generator)
         if nan:
             hr[0, 0, 0] = float("nan")
-        items.append({"lr": torch.nn.functional.avg_pool2d(hr[None], SCALE)[0], "hr": hr})
+        lr = torch.nn.functional.avg_pool2d(hr[None], SCALE)[0]
+        items.append({"lr": lr, "hr": hr, "name": f"image{len(items)}"})
     return DataLoader(items, batch_size=2)
 
 
@@ -156,3 +158,80 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(compose) -> None:
         fit(module, iterations=4, nan=True)
     for name, before in start.items():
         assert not changed(before, getattr(module, name)), f"{name} was updated from a NaN loss"
+
+
+class ValidationCapture(Callback):
+    """Keeps every validation batch's LR input, the module's SR output and the eval generator's weights then."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self.records.append((batch["lr"].clone(), outputs["sr"].clone(), snapshot(pl_module.eval_generator)))
+
+
+def test_validation_runs_in_float32_under_bf16_mixed_training(compose) -> None:
+    # the bicubic skip puts the untrained SR inside [0, 1], so the clamp does not hide differences
+    module = build_module(compose, ["loss.weights.percept=0", "model.generator.global_skip=bicubic"])
+    capture = ValidationCapture()
+    trainer = Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=2 * 2,  # two GAN iterations
+        val_check_interval=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[capture],
+    )
+    trainer.fit(module, train_dataloaders=loader(2), val_dataloaders=loader(1))
+    assert len(capture.records) == 2
+    reference = copy.deepcopy(module.eval_generator)
+    for lr, sr, weights in capture.records:
+        reference.load_state_dict(weights)
+        with torch.no_grad():
+            fp32 = reference(lr).sr.clamp(0, 1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # negative control: what bf16 eval would give
+                bf16 = reference(lr).sr.clamp(0, 1)
+        assert 0 < sr.mean() < 1 and sr.dtype == torch.float32 and torch.equal(sr, fp32)
+        assert not torch.equal(bf16.float(), fp32)
+
+
+def test_evaluation_refuses_weights_that_are_not_float32(compose) -> None:
+    module = build_module(compose, ["loss.weights.percept=0"])
+    trainer = Trainer(accelerator="cpu", precision="bf16-true", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="trainer.precision keeps the generator in torch.bfloat16"):
+        trainer.validate(module, dataloaders=loader(1))
+
+
+def test_set_names_come_from_the_constructor_and_match_the_datamodule(compose) -> None:
+    from hydra.utils import instantiate
+
+    from dgggan_pl.train import build_module as build_from_config
+
+    cfg = compose(["experiment=demo", "debug=smoke", "metrics.lpips=disabled", "data.val_sets=[Set5]"])
+    module = build_from_config(cfg)
+    datamodule = instantiate(cfg.data)
+    assert module.val_sets == datamodule.val_set_names == ["Set5", "Sample"]
+    assert module.test_sets == datamodule.test_set_names == ["Sample"]
+    # the metrics exist before any trainer, so what they cannot compute is known up front
+    assert set(module._metrics) == {"Set5", "Sample"} and module._trainer is None
+    assert "pi" in module.unavailable_metrics()  # no Ma model in the test environment
+
+
+def test_validation_logs_under_the_given_set_names_without_a_datamodule(compose) -> None:
+    cfg = compose(["experiment=full", "debug=smoke", "metrics.lpips=disabled", "loss.weights.percept=0"])
+    parts = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "optim", "metrics")
+    }
+    module = DGGGANModule(**parts, seed=0, val_sets=["First", "Second"])
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    results = trainer.validate(module, dataloaders=[loader(1), loader(1)])
+    assert {key for result in results for key in result} >= {"val/First/psnr", "val/Second/ssim"}
+    with pytest.raises(ValueError, match="val_sets=\\['First', 'Second'\\] but the trainer has 1"):
+        trainer.validate(module, dataloaders=loader(1))

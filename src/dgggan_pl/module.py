@@ -11,7 +11,7 @@ import copy
 import logging
 import random
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,6 +28,7 @@ from dgggan_pl.losses import (
     PixelLoss,
     WassersteinGeneratorLoss,
 )
+from dgggan_pl.metrics.suite import BenchmarkMetrics
 from dgggan_pl.models.generator import GeneratorOutput
 from dgggan_pl.models.gradient import gradient_magnitude
 
@@ -64,6 +65,8 @@ class DGGGANModule(LightningModule):
         metrics: `cfg.metrics` (its `benchmark` node is a `_partial_` BenchmarkMetrics); null skips metrics.
         seed: with the rank, iteration and critic update, seeds the gradient penalty's interpolation weights,
             so that they do not depend on global RNG state (exact resume; the data is seeded per sample).
+        val_sets, test_sets: the validation / test set names in dataloader order (the datamodule's
+            `val_set_names` / `test_set_names`); metrics are logged as `val/<name>/<metric>`.
     """
 
     def __init__(
@@ -73,9 +76,12 @@ class DGGGANModule(LightningModule):
         optim: Mapping[str, Any],
         metrics: Mapping[str, Any] | None = None,
         seed: int = 0,
+        val_sets: Sequence[str] = (),
+        test_sets: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.val_sets, self.test_sets = list(val_sets), list(test_sets)
         self.automatic_optimization = False
         self.weights = LossWeights(**loss["weights"])
         self.generator = instantiate(model["generator"])
@@ -100,7 +106,12 @@ class DGGGANModule(LightningModule):
         self._frozen: dict[str, nn.Module] = {}
         if self.weights.percept > 0:
             self._frozen["perceptual"] = instantiate(loss["perceptual"])
-        self._metrics: dict[str, nn.Module] = {}
+        # One BenchmarkMetrics per set, also kept out of the module tree; built here, so that what cannot be
+        # computed is known before training (it warns itself about such metrics).
+        self._metrics: dict[str, BenchmarkMetrics] = {}
+        if metrics is not None:
+            factory = instantiate(metrics["benchmark"])
+            self._metrics = {name: factory() for name in dict.fromkeys(self.val_sets + self.test_sets)}
         self.iteration = 0
         self._consecutive_nonfinite = 0
 
@@ -138,12 +149,8 @@ class DGGGANModule(LightningModule):
 
     def unavailable_metrics(self) -> dict[str, str]:
         """Metric name -> reason, for metrics the BenchmarkMetrics backend cannot compute here."""
-        if self.hparams.metrics is None:
-            return {}
         metrics = next(iter(self._metrics.values()), None)
-        if metrics is None:  # before setup (e.g. a callback asking early): build one to ask
-            metrics = instantiate(self.hparams.metrics["benchmark"])()
-        return dict(metrics.unavailable)
+        return {} if metrics is None else dict(metrics.unavailable)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -270,16 +277,6 @@ class DGGGANModule(LightningModule):
         return optimizers, schedulers
 
     # ------------------------------------------------------------------ validation and test
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.hparams.metrics is None or datamodule is None:
-            return
-        names = list(datamodule.val_set_names) + list(datamodule.test_set_names)
-        factory = instantiate(self.hparams.metrics["benchmark"])
-        for name in dict.fromkeys(names):
-            if name not in self._metrics:
-                self._metrics[name] = factory()  # it warns itself about metrics it cannot compute here
-
     def _move_frozen(self) -> None:
         for network in [*self._frozen.values(), *self._metrics.values()]:
             network.to(self.device)
@@ -287,16 +284,40 @@ class DGGGANModule(LightningModule):
     def on_fit_start(self) -> None:
         self._move_frozen()
 
+    def _check_set_names(self, key: str, names: list[str], num_loaders: int) -> None:
+        """Metrics are kept per set name: one name per evaluation dataloader."""
+        if self._metrics and len(names) != num_loaders:
+            raise ValueError(
+                f"DGGGANModule got {key}={names} but the trainer has {num_loaders} {key} dataloader(s); "
+                f"pass the datamodule's {key.rstrip('s')}_set_names"
+            )
+
     def on_validation_start(self) -> None:
+        self._check_eval_precision()
+        self._check_set_names("val_sets", self.val_sets, len(self.trainer.num_val_batches))
         self._move_frozen()
 
     def on_test_start(self) -> None:
+        self._check_eval_precision()
+        self._check_set_names("test_sets", self.test_sets, len(self.trainer.num_test_batches))
         self._move_frozen()
+
+    def _check_eval_precision(self) -> None:
+        """Evaluation runs in float32: a `*-true` precision that keeps the weights in another dtype is refused."""
+        dtype = next(self.eval_generator.parameters()).dtype
+        if dtype != torch.float32:
+            raise ValueError(
+                f"trainer.precision keeps the generator in {dtype}, but validation and test run in float32 "
+                "(the tables are compared to 0.01 dB); use trainer.precision=32-true, bf16-mixed or 16-mixed"
+            )
 
     def _eval_step(
         self, batch: dict[str, Any], set_names: list[str], dataloader_idx: int
     ) -> dict[str, Tensor]:
-        out = self.eval_generator(batch["lr"])
+        # Always float32 with autocast off, whatever trainer.precision is: bf16 evaluation moves Y-PSNR by
+        # up to 0.07 dB on one image, and the tables are compared to 0.01 dB.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            out = self.eval_generator(batch["lr"].float())
         sr = out.sr.clamp(0, 1)
         if self._metrics:
             self._metrics[set_names[dataloader_idx]].update(sr.float(), batch["hr"].float(), batch["name"])
@@ -305,10 +326,10 @@ class DGGGANModule(LightningModule):
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
-        return self._eval_step(batch, self.trainer.datamodule.val_set_names, dataloader_idx)
+        return self._eval_step(batch, self.val_sets, dataloader_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        return self._eval_step(batch, self.trainer.datamodule.test_set_names, dataloader_idx)
+        return self._eval_step(batch, self.test_sets, dataloader_idx)
 
     def _log_metrics(self, prefix: str, set_names: list[str]) -> None:
         for name in set_names:
@@ -321,10 +342,10 @@ class DGGGANModule(LightningModule):
             self._metrics[name].reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.trainer.datamodule.val_set_names)
+        self._log_metrics("val", self.val_sets)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.trainer.datamodule.test_set_names)
+        self._log_metrics("test", self.test_sets)
 
     # ------------------------------------------------------------------ checkpoint extras (exact resume)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

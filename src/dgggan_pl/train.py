@@ -1,42 +1,58 @@
 """Training entry point: `python -m dgggan_pl.train [experiment=full] [ablation=no_grad] [debug=smoke] ...`.
 
-Composes the objects named in `conf/`, derives the Trainer's step budget from `iterations`, fits, tests on
-`data.test_sets`, and records the run in `<output_dir>/run_info.json`. The logger is closed even when the run
-fails (then the error is re-raised), so one failed job does not poison a Hydra multirun.
+Refuses bad values before touching the run folder, composes the objects named in `conf/`, derives the Trainer's
+step budget from `iterations`, fits, tests the selected AND the last checkpoint on `data.test_sets`, and
+records the run in `<output_dir>/run_info.json`. `resume=latest` or `resume=<run folder>` continues a run in
+its own folder (`dgggan_pl.runs`). The logger is closed even when the run fails (then the error is re-raised),
+so one failed job does not poison a Hydra multirun.
 """
 
 from __future__ import annotations
 
 import logging
-import netrc
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import hydra
 import lightning.pytorch as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
+from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO, MonitorFallbackCheckpoint
+from dgggan_pl.callbacks.iteration import IterationAxis
 from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
 from dgggan_pl.complexity import count_parameters
 from dgggan_pl.config import config_dir
+from dgggan_pl.data.datamodule import per_process_batch
+from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavailable
+from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
+from dgggan_pl.metrics.suite import METRICS
 from dgggan_pl.module import DGGGANModule, critics_enabled
+from dgggan_pl.runs import (
+    RESUME_PREFIX,
+    ResumeError,
+    attempt_stamp,
+    register_resolvers,
+    remove_stale_temp_files,
+    resolve_ckpt_path,
+)
 from dgggan_pl.utils.atomic import write_text_atomic
+from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config
 from dgggan_pl.weights import load_generator, load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
 RESOLVED_CONFIG = "config_resolved.yaml"
-_WANDB_HOST = "api.wandb.ai"
+RANDOM_LPIPS_REASON = f"random backbone (metrics.lpips=random, tests only), logged as {LPIPS_RANDOM_KEY}"
+NOT_REQUESTED = "not requested (metrics.benchmark.metrics)"
+# Lightning reports the end of fit in optimizer steps; this run reports iterations instead (`_finished`).
+_LIGHTNING_STOP_MESSAGE = "`Trainer.fit` stopped: `max_steps="
+
+register_resolvers()  # conf/hydra's run.dir and output_subdir use them (resume=...)
 
 
 def derive_max_steps(cfg: DictConfig) -> int:
@@ -45,10 +61,8 @@ def derive_max_steps(cfg: DictConfig) -> int:
     A GAN iteration steps the critic optimizer n_critic times and the generator once; a generator-only
     iteration (no critics, or before optim.gan_start_iteration) steps once.
     """
-    if "max_steps" in cfg.trainer:
-        raise ValueError(
-            "trainer.max_steps is derived from `iterations` (each optimizer step counts); set iterations=N instead"
-        )
+    if cfg.trainer.get("max_steps") is not None:
+        raise ConfigError(MAX_STEPS_MESSAGE)
     iterations = int(cfg.iterations)
     if not critics_enabled(cfg.loss.weights):
         return iterations
@@ -56,65 +70,55 @@ def derive_max_steps(cfg: DictConfig) -> int:
     return warmup + (iterations - warmup) * (1 + int(cfg.optim.n_critic))
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`last` -> `<output_dir>/checkpoints/last.ckpt`; a path must exist. Never starts fresh silently."""
-    if ckpt_path is None:
-        return None
-    path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        hint = " (resume a run by pointing hydra.run.dir at its folder)" if ckpt_path == "last" else ""
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}{hint}")
-    return str(path)
+def unavailable_metrics(metrics_cfg: DictConfig | None) -> dict[str, str]:
+    """Metric -> reason for each metric of the protocol (psnr ... pi) that this run cannot report.
+
+    Computed once per run from `cfg.metrics` and handed to the checkpoint selection, the run record and the
+    loggers (the training module builds its own per-set metrics from the same cached networks).
+    """
+    if metrics_cfg is None:
+        return dict.fromkeys(METRICS, "no metrics configured (metrics=null)")
+    benchmark = instantiate(metrics_cfg.benchmark)()
+    reasons = dict(benchmark.unavailable)
+    computed = set(benchmark.scores) | ({"pi"} if benchmark.want_pi and "pi" not in reasons else set())
+    for metric in METRICS:
+        if metric in computed or metric in reasons:
+            continue
+        reasons[metric] = (
+            RANDOM_LPIPS_REASON if metric == "lpips" and LPIPS_RANDOM_KEY in computed else NOT_REQUESTED
+        )
+    return reasons
 
 
-def wandb_offline_reason() -> str | None:
-    """Why W&B must run offline here (WANDB_MODE=offline, or no API key configured), or None."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun"):
-        return "WANDB_MODE=offline"
-    if os.environ.get("WANDB_API_KEY"):
-        return None
-    host = urlparse(os.environ.get("WANDB_BASE_URL", f"https://{_WANDB_HOST}")).hostname or _WANDB_HOST
-    try:
-        if netrc.netrc().authenticators(host):
-            return None
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "no W&B API key configured (WANDB_API_KEY or `wandb login`)"
+def _is_checkpoint_callback(node: Any) -> bool:
+    target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+    return target is not None and issubclass(get_class(target), MonitorFallbackCheckpoint)
 
 
-def instantiate_loggers(node: DictConfig | None) -> list[Logger]:
-    """Build every logger of `cfg.logger`; W&B goes offline (with a note on syncing) when it must."""
-    loggers: list[Logger] = []
-    for name, logger_cfg in (node or {}).items():
-        overrides: dict[str, Any] = {}
-        if logger_cfg.get("_target_", "").endswith("WandbLogger"):
-            reason = wandb_offline_reason()
-            if reason is not None:
-                overrides["offline"] = (
-                    True  # an instantiate kwarg: the run config (and its hash) stays as given
-                )
-                _note(
-                    f"W&B runs offline ({reason}); sync later with "
-                    f"`wandb sync {logger_cfg.save_dir}/wandb/offline-run-*`"
-                )
-        log.debug("logger %s", name)
-        loggers.append(instantiate(logger_cfg, **overrides))
-    return loggers
-
-
-def instantiate_callbacks(node: DictConfig | None) -> list[Callback]:
-    return [instantiate(c) for c in (node or {}).values() if c is not None]
+def instantiate_callbacks(node: DictConfig | None, unavailable: Mapping[str, str]) -> list[Callback]:
+    """The configured callbacks; the checkpoint callback is given the metrics unavailable here."""
+    callbacks = []
+    for callback in (node or {}).values():
+        if callback is None:
+            continue
+        extra = {"unavailable": dict(unavailable)} if _is_checkpoint_callback(callback) else {}
+        callbacks.append(instantiate(callback, **extra))
+    return callbacks
 
 
 @rank_zero_only
-def _note(message: str) -> None:
-    log.warning(message)
+def write_resolved_config(cfg: DictConfig, output_dir: Path, attempt: str) -> None:
+    """The run folder keeps the fully resolved config (Hydra's `.hydra/config.yaml` keeps interpolations).
 
-
-@rank_zero_only
-def write_resolved_config(cfg: DictConfig, output_dir: Path) -> None:
-    """The run folder keeps the fully resolved config (Hydra's `.hydra/config.yaml` keeps interpolations)."""
-    write_text_atomic(output_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    A resumed attempt with a different config writes `config_resolved.resume-<time>.yaml` beside it.
+    """
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    path = output_dir / RESOLVED_CONFIG
+    if path.is_file():
+        if path.read_text(encoding="utf-8") == text:
+            return
+        path = output_dir / f"{path.stem}.{RESUME_PREFIX}{attempt}{path.suffix}"
+    write_text_atomic(path, text)
 
 
 def build_module(cfg: DictConfig) -> DGGGANModule:
@@ -123,7 +127,12 @@ def build_module(cfg: DictConfig) -> DGGGANModule:
         key: OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else None
         for key in ("model", "loss", "optim", "metrics")
     }
-    module = DGGGANModule(**containers, seed=int(cfg.seed))
+    # The evaluation set names in the datamodule's dataloader order (SRDataModule: sets, then sources).
+    set_names = {
+        f"{stage}_sets": [*cfg.data.get(f"{stage}_sets", []), *(cfg.data.get(f"{stage}_sources") or {})]
+        for stage in ("val", "test")
+    }
+    module = DGGGANModule(**containers, seed=int(cfg.seed), **set_names)
     init_from = cfg.model.get("init_from")
     if init_from:
         source, _ = load_generator(init_from)
@@ -138,39 +147,88 @@ def build_module(cfg: DictConfig) -> DGGGANModule:
     return module
 
 
-def log_run_summary(loggers: list[Logger], cfg: DictConfig, module: DGGGANModule) -> None:
-    """The resolved run config and the model sizes, in every logger (and the W&B run summary)."""
+def log_run_summary(loggers: list[Logger], cfg: DictConfig, module: DGGGANModule, world_size: int) -> None:
+    """The resolved run config, the model sizes and the batch, in every logger (and the W&B run summary)."""
     networks = {"generator": module.generator, "image_critic": module.image_critic}
     networks["gradient_critic"] = module.gradient_critic
-    sizes = {
+    summary: dict[str, Any] = {
         f"model/{name}_params": count_parameters(net) if net is not None else 0
         for name, net in networks.items()
     }
+    global_batch = int(cfg.data.batch_size)
+    summary |= {
+        "data/global_batch": global_batch,
+        "data/per_process_batch": per_process_batch(global_batch, world_size),
+        "data/world_size": world_size,
+    }
+    log.info(
+        "batch: %d global = %d per process x %d process(es)",
+        global_batch,
+        summary["data/per_process_batch"],
+        world_size,
+    )
     run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
-        logger.log_hyperparams({"run": run_config, **sizes})
+        logger.log_hyperparams({"run": run_config, **summary})
         if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
-            logger.experiment.summary.update(sizes)
-
-
-def close_loggers(loggers: list[Logger], failed: bool) -> None:
-    """Finish W&B runs (Lightning does not), so the next job of a multirun starts clean."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger._experiment.finish(exit_code=1 if failed else 0)
+            logger.experiment.summary.update(summary)
 
 
 def _float_metrics(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefixes)}
 
 
+def _relative(path: Path, output_dir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(output_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def evaluate_checkpoints(
+    trainer: pl.Trainer, module: DGGGANModule, datamodule: LightningDataModule, output_dir: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Test `last.ckpt` and then the selected checkpoint; returns the selected one's `test/...` metrics and
+    the record of both (path, iteration, metrics) with how the selected one was chosen."""
+    callback = trainer.checkpoint_callback
+    if callback is None:  # no checkpoints: test the weights in memory
+        trainer.test(module, datamodule=datamodule)
+        return _float_metrics(trainer.callback_metrics, ("test/",)), {}
+    record: dict[str, Any] = {}
+    if isinstance(callback, MonitorFallbackCheckpoint):
+        record["selection"] = callback.selection()
+    last = Path(callback.dirpath or output_dir) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    paths = {"last": last if last.is_file() else None}
+    paths["selected"] = Path(callback.best_model_path) if callback.best_model_path else None
+    for role, path in paths.items():  # the selected one last: its metrics end up in the W&B summary
+        if path is None:
+            continue
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(path), weights_only=True)
+        record[role] = {
+            "path": _relative(path, output_dir),
+            "iteration": int(module.iteration),
+            "metrics": _float_metrics(trainer.callback_metrics, ("test/",)),
+        }
+    chosen = record.get("selected") or record.get("last") or {"metrics": {}}
+    return chosen["metrics"], record
+
+
 def run_fit_and_test(
-    cfg: DictConfig, output_dir: Path, loggers: list[Logger]
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Fit, then test the best checkpoint; returns the final metrics and the metrics unavailable here (why)."""
+    cfg: DictConfig,
+    output_dir: Path,
+    loggers: list[Logger],
+    ckpt_path: str | None,
+    unavailable: Mapping[str, str],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit, then test the selected and the last checkpoint; returns the final metrics (those of the selected
+    checkpoint's test) and the checkpoint record for run_info.json."""
     datamodule: LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg)
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RankRecord(cfg, output_dir)]
+    callbacks = [
+        *instantiate_callbacks(cfg.get("callbacks"), unavailable),
+        IterationAxis(),
+        RankRecord(cfg, output_dir),
+    ]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_steps=derive_max_steps(cfg),
@@ -178,40 +236,66 @@ def run_fit_and_test(
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
-    log_run_summary(loggers, cfg, module)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    per_process_batch(int(cfg.data.batch_size), trainer.world_size)  # refuse before fitting
+    log_run_summary(loggers, cfg, module, trainer.world_size)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    log.info("trained %d iterations (%d optimizer steps)", module.iteration, trainer.global_step)
     metrics = _float_metrics(trainer.callback_metrics, ("val/",))
+    checkpoints: dict[str, Any] = {}
     if datamodule.test_set_names:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics |= _float_metrics(trainer.callback_metrics, ("test/",))
-    return metrics, module.unavailable_metrics()
+        test_metrics, checkpoints = evaluate_checkpoints(trainer, module, datamodule, output_dir)
+        metrics |= test_metrics
+    return metrics, checkpoints
+
+
+class _DropStepMessage(logging.Filter):
+    """Lightning's end-of-fit line counts optimizer steps (`max_steps=1000000 reached` after 500k iterations)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_LIGHTNING_STOP_MESSAGE)
+
+
+@rank_zero_only
+def _announce(output_dir: Path, status: str) -> None:
+    print(f"run folder ({status}): {output_dir.resolve()}", flush=True)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) one configuration; returns the final `val/...` and `test/<Set>/<metric>` metrics."""
-    pl.seed_everything(cfg.seed, workers=True)
+    check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
     output_dir = Path(cfg.paths.output_dir)
-    record = RunRecord(cfg, output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume"))
+    pl.seed_everything(cfg.seed, workers=True)
+    attempt = attempt_stamp()
+    if ckpt_path is not None and rank_zero_only.rank == 0:
+        remove_stale_temp_files(output_dir)
+    record = RunRecord(cfg, output_dir, attempt)
     record.start()
-    write_resolved_config(cfg, output_dir)
+    write_resolved_config(cfg, output_dir, attempt)
     loggers: list[Logger] = []
     try:
-        loggers = instantiate_loggers(cfg.get("logger"))
-        metrics, unavailable = run_fit_and_test(cfg, output_dir, loggers)
+        unavailable = unavailable_metrics(cfg.get("metrics"))
+        loggers = instantiate_loggers(cfg.get("logger"), resume=ckpt_path is not None)
+        record_unavailable(loggers, unavailable)
+        metrics, checkpoints = run_fit_and_test(cfg, output_dir, loggers, ckpt_path, unavailable)
     except BaseException as error:
         record.fail(error)
         close_loggers(loggers, failed=True)
+        _announce(output_dir, "failed")
         raise
-    record.complete(metrics, unavailable)
+    record.complete(metrics, unavailable, checkpoints)
     close_loggers(loggers, failed=False)
+    _announce(output_dir, "completed")
     return metrics
 
 
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropStepMessage())
+    try:
+        train(cfg)
+    except (ConfigError, ResumeError) as error:  # a bad value or path: one line, no traceback
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
