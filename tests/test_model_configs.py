@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dgggan_pl.config import config_dir
@@ -21,7 +21,7 @@ Compose = Callable[..., DictConfig]
 MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 ABLATIONS = sorted(p.stem for p in (config_dir() / "ablation").glob("*.yaml"))
 
-# Expected generator sizes (DESIGN.md §1; anchors.md §4-5).
+# Expected generator sizes (docs/models.md).
 EXPECTED_PARAMS = {
     ("dgggan", "none"): 14_814_742,
     ("dgggan", "no_se"): 14_803_142,
@@ -64,10 +64,37 @@ def test_every_model_and_ablation_instantiates(compose: Compose, model: str, abl
 
 
 def test_lite_preset_is_the_same_network_at_half_width(compose: Compose) -> None:
-    full, lite = compose(["model=dgggan"]).model.generator, compose(["model=dgggan_lite"]).model.generator
-    assert (full.channels, lite.channels) == (64, 32)
-    assert {k: v for k, v in full.items() if k != "channels"} == {
-        k: v for k, v in lite.items() if k != "channels"
+    full, lite = compose(["model=dgggan"]).model, compose(["model=dgggan_lite"]).model
+    assert (full.generator.channels, lite.generator.channels) == (64, 32)
+    expected = OmegaConf.to_container(full, resolve=True)
+    expected["generator"]["channels"] = 32
+    assert OmegaConf.to_container(lite, resolve=True) == expected
+
+
+def test_lite_preset_extends_the_full_one_by_its_width_alone() -> None:
+    """model/dgggan_lite.yaml inherits model/dgggan.yaml (Hydra defaults) and sets nothing but the width."""
+    lite = OmegaConf.load(config_dir() / "model" / "dgggan_lite.yaml")
+    assert list(lite.defaults) == ["dgggan", "_self_"]
+    assert OmegaConf.to_container(lite) == {"defaults": ["dgggan", "_self_"], "generator": {"channels": 32}}
+
+
+@pytest.mark.parametrize("ablation", ["none", "no_grad", "no_se"])
+def test_lite_preset_composes_as_before(compose: Compose, ablation: str) -> None:
+    """Its composed config is the one the stand-alone file gave (recorded before it became an extension)."""
+    generator = OmegaConf.to_container(compose(["model=dgggan_lite", f"ablation={ablation}"]).model.generator)
+    assert generator == {
+        "_target_": "dgggan_pl.models.generator.DGGGANGenerator",
+        "in_channels": 3,
+        "channels": 32,
+        "num_blocks": 10,
+        "injection_blocks": [3, 6, 9],
+        "scale": "${scale}",
+        "use_gradient_branch": ablation != "no_grad",
+        "use_se": ablation != "no_se",
+        "se_reduction": 16,
+        "negative_slope": 0.2,
+        "init_scale": 0.1,
+        "global_skip": "none",
     }
 
 
