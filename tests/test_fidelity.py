@@ -11,7 +11,7 @@ import torch
 from scipy.signal import correlate2d
 
 from dgggan_pl.data.datasets import BenchmarkDataset
-from dgggan_pl.evaluate import bicubic_upscaler
+from dgggan_pl.methods import bicubic_upscaler
 from dgggan_pl.metrics.fidelity import PSNRY, SSIMY, psnr_y, rgb_to_y, ssim_y, y_for_fidelity
 
 # Bicubic x4 rows of EDSR/RCAN/RDN (PSNR dB, SSIM), and the tolerance of issue 4.

@@ -100,6 +100,16 @@ def find_pristine_model(
     return [*(Path(p).expanduser() for p in search), default_model_path()]
 
 
+def missing_model_message(candidates: Sequence[Path], sha256: str, failure: str | None = None) -> str:
+    """One line: where the NIQE model was looked for and the overrides that provide it."""
+    where = ", ".join(str(c) for c in candidates)
+    failed = f" and {failure}" if failure else ""
+    return (
+        f"NIQE model not found (looked in {where}){failed}; copy the LIVE niqe_release modelparameters.mat "
+        f"(sha256 {sha256[:12]}...) to {candidates[0]}, set metrics.niqe_model_path=FILE or metrics.download=true"
+    )
+
+
 def load_pristine_model(
     path: str | os.PathLike | None,
     url: str | None,
@@ -115,20 +125,15 @@ def load_pristine_model(
     candidates = find_pristine_model(path, search)
     target = next((c for c in candidates if c.is_file()), None)
     if target is None:
-        target = candidates[-1]
-        where = ", ".join(str(c) for c in candidates)
-        fix = (
-            f"copy the LIVE niqe_release modelparameters.mat (sha256 {sha256[:12]}...) to {candidates[0]}"
-            " or set metrics.niqe_model_path=FILE"
-        )
         if not url:
-            raise NIQEModelError(f"NIQE model not found (looked in {where}); {fix}, or metrics.download=true")
+            raise NIQEModelError(missing_model_message(candidates, sha256))
+        target = candidates[-1]
         try:
             _download(url, target, sha256)
         except (OSError, RuntimeError, ValueError) as err:
             raise NIQEModelError(
-                f"NIQE model not found (looked in {where}) and downloading {url} failed ({err}); {fix}"
-            ) from err
+                missing_model_message(candidates, sha256, f"downloading {url} failed ({err})")
+            ) from None
     got = sha256_of(target)
     if got != sha256:
         raise NIQEModelError(

@@ -23,10 +23,20 @@ from dgggan_pl.metrics.niqe import (
     NIQEModelError,
     NIQEScore,
     NIQESettings,
+    find_pristine_model,
     load_pristine_model,
+    missing_model_message,
 )
 from dgggan_pl.metrics.per_image import PerImageMetric, name_key
-from dgggan_pl.metrics.perceptual import LPIPSScore, MaScore, build_lpips, build_nrqm, lpips_key
+from dgggan_pl.metrics.perceptual import (
+    LPIPSScore,
+    MaScore,
+    alexnet_checkpoint_path,
+    alexnet_missing_message,
+    build_lpips,
+    build_nrqm,
+    lpips_key,
+)
 
 METRICS = ("psnr", "ssim", "lpips", "niqe", "ma", "pi")
 MISSING_MODEL_POLICIES = ("unavailable", "error")
@@ -58,6 +68,39 @@ def _shared_pristine(
         return load_pristine_model(path, url, sha256, search)
     except NIQEModelError as err:
         return err
+
+
+def missing_model_files(
+    metrics: Sequence[str],
+    lpips: str,
+    niqe_model_path: str | None,
+    niqe_search_paths: Sequence[str],
+    niqe_model_sha256: str,
+    on_missing_model: str,
+    download: bool,
+) -> list[str]:
+    """One line per model file that `BenchmarkMetrics` would fail on, each with the override that skips it.
+
+    Lets a CLI refuse before any work: no download is tried here, and missing optional files (Ma's NRQM,
+    NIQE under `on_missing_model=unavailable`) are not listed (they become unavailable cells instead).
+    """
+    wanted, lines = set(metrics), []
+    if (
+        "lpips" in wanted
+        and lpips == "pretrained"
+        and not download
+        and not alexnet_checkpoint_path().is_file()
+    ):
+        lines.append(alexnet_missing_message())
+    candidates = find_pristine_model(niqe_model_path, niqe_search_paths)
+    niqe_needed = wanted & {"niqe", "pi"} and on_missing_model == "error"
+    if niqe_needed and not download and not any(c.is_file() for c in candidates):
+        rest = ",".join(m for m in metrics if m not in ("niqe", "pi", "ma"))
+        lines.append(
+            f"{missing_model_message(candidates, niqe_model_sha256)}; or skip NIQE and PI with "
+            f"'metrics.benchmark.metrics=[{rest}]' (or list them as unavailable: metrics.on_missing_model=unavailable)"
+        )
+    return lines
 
 
 def perceptual_index(ma: float, niqe: float) -> float:

@@ -1,8 +1,9 @@
-"""The paper's result tables as Markdown and CSV: Table 3 (PSNR / SSIM) and Table 4 (PI / LPIPS).
+"""The paper's result tables as Markdown and CSV: Table 3 (PSNR / SSIM) and Table 4 (PI / LPIPS / NIQE).
 
-One row per method (a checkpoint or the bicubic baseline), one column group per benchmark set. A metric that
-could not be computed shows as `unavailable` (CSV) / `n/a` (Markdown) with its reason in a note below the
-table: never as a number.
+One row per method (a checkpoint, the bicubic baseline or a results folder), with the source it comes from
+(checkpoint file, iteration, weights), one column group per benchmark set. NIQE sits beside PI and LPIPS
+because the paper's PI is built from it. A metric that could not be computed shows as `unavailable` (CSV) /
+`n/a` (Markdown) with its reason in a note below the table: never as a number.
 """
 
 from __future__ import annotations
@@ -54,56 +55,87 @@ TABLE3 = TableSpec(
 
 
 def table4(lpips_key: str = LPIPS_KEY) -> TableSpec:
-    """Table 4 (PI / LPIPS); a random-backbone LPIPS gets its own, explicit column name."""
+    """Table 4 (PI / LPIPS / NIQE); a random-backbone LPIPS gets its own, explicit column name."""
     header = "LPIPS" if lpips_key == LPIPS_KEY else "LPIPS (RANDOM backbone, test only)"
     if lpips_key not in (LPIPS_KEY, LPIPS_RANDOM_KEY):
         raise ValueError(f"unknown LPIPS key {lpips_key!r}")
     return TableSpec(
         "table4_pi_lpips",
-        "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1), per-image mean; lower is better",
-        (Column("pi", "PI", 3), Column(lpips_key, header, 4)),
+        "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1) / NIQE (PIRM convention), per-image "
+        "mean; lower is better",
+        (Column("pi", "PI", 3), Column(lpips_key, header, 4), Column("niqe", "NIQE", 3)),
     )
 
 
-def _reasons(results: Results, sets: Sequence[str], spec: TableSpec) -> dict[str, str]:
-    """`"method, set: metric"` -> reason, for every cell the table cannot fill."""
-    notes = {}
+NOT_REQUESTED = "not requested (metrics.benchmark.metrics)"
+PI_PARTS = {"ma": "Ma", "niqe": "NIQE"}  # PI is built from these: their reasons explain an empty PI cell
+
+
+def _reasons(results: Results, sets: Sequence[str], spec: TableSpec) -> dict[tuple[str, str], list[str]]:
+    """`(column header, reason)` -> the cells (`"method / set"`) it leaves empty."""
+    notes: dict[tuple[str, str], list[str]] = {}
     for method, by_set in results.items():
         for set_name in sets:
             result = by_set[set_name]
             for col in spec.columns:
                 if col.key not in result.values:
-                    reason = result.unavailable.get(col.key, "not requested (metrics.benchmark.metrics)")
-                    notes[f"{col.header} ({method}, {set_name})"] = reason
+                    reason = result.unavailable.get(col.key, NOT_REQUESTED)
+                    notes.setdefault((col.header, reason), []).append(f"{method} / {set_name}")
+                if col.key == "pi" and "pi" in result.unavailable:
+                    shown = {c.key for c in spec.columns}
+                    for part, header in PI_PARTS.items():
+                        if part in result.unavailable and part not in shown:
+                            key = (f"{header} (needed by PI)", result.unavailable[part])
+                            notes.setdefault(key, []).append(f"{method} / {set_name}")
     return notes
 
 
-def markdown_table(results: Results, sets: Sequence[str], spec: TableSpec) -> str:
+def _note_lines(results: Results, sets: Sequence[str], spec: TableSpec) -> list[str]:
+    """One line per (column, reason), saying which cells it explains ("every row" when all of them)."""
+    cells = len(results) * len(sets)
+    lines = []
+    for (header, reason), where in _reasons(results, sets, spec).items():
+        scope = "every row and set" if len(where) == cells else ", ".join(where)
+        lines.append(f"- {header} ({scope}): {reason}")
+    return lines
+
+
+def markdown_table(
+    results: Results, sets: Sequence[str], spec: TableSpec, sources: Mapping[str, str] | None = None
+) -> str:
     """The table in Markdown: cells `value / value` per set, then notes for unavailable values."""
     headers = " / ".join(c.header for c in spec.columns)
-    lines = [f"{spec.caption}.", "", "| Method | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+    source_head, source_rule = ("Source | ", "---|") if sources else ("", "")
+    lines = [
+        f"{spec.caption}.",
+        "",
+        f"| Method | {source_head}" + " | ".join(sets) + " |",
+        f"|---|{source_rule}" + "---:|" * len(sets),
+    ]
     for method, by_set in results.items():
-        cells = []
+        cells = [sources.get(method, "")] if sources else []
         for set_name in sets:
             values = by_set[set_name].values
             parts = [f"{values[c.key]:.{c.digits}f}" if c.key in values else "n/a" for c in spec.columns]
             cells.append(" / ".join(parts))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"Cells: {headers}."]
-    notes = _reasons(results, sets, spec)
+    notes = _note_lines(results, sets, spec)
     if notes:
-        lines += ["", "Unavailable values:"]
-        lines += [f"- {where}: {reason}" for where, reason in notes.items()]
+        lines += ["", "Unavailable values (n/a):", *notes]
     return "\n".join(lines) + "\n"
 
 
-def csv_table(results: Results, sets: Sequence[str], spec: TableSpec) -> str:
-    """The same table as CSV, full precision: `method, <Set> <metric>, ...`; missing cells say `unavailable`."""
+def csv_table(
+    results: Results, sets: Sequence[str], spec: TableSpec, sources: Mapping[str, str] | None = None
+) -> str:
+    """The same table as CSV, full precision: `method, source, <Set> <metric>, ...`; missing cells say
+    `unavailable`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", *(f"{s} {c.header}" for s in sets for c in spec.columns)])
+    writer.writerow(["method", "source", *(f"{s} {c.header}" for s in sets for c in spec.columns)])
     for method, by_set in results.items():
-        row = [method]
+        row = [method, (sources or {}).get(method, "")]
         for set_name in sets:
             values = by_set[set_name].values
             row += [repr(values[c.key]) if c.key in values else UNAVAILABLE for c in spec.columns]
@@ -123,14 +155,20 @@ def per_image_csv(result: SetResult, metric_keys: Sequence[str]) -> str:
 
 
 def write_tables(
-    results: Results, sets: Sequence[str], out_dir: Path, lpips_key: str = LPIPS_KEY
+    results: Results,
+    sets: Sequence[str],
+    out_dir: Path,
+    lpips_key: str = LPIPS_KEY,
+    sources: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Write Tables 3 and 4 (`.md` and `.csv`) and per-image CSVs under `out_dir`; return the paths written."""
+    """Write Tables 3 and 4 (`.md` and `.csv`) and per-image CSVs under `out_dir`; return the paths written.
+
+    `sources`: method -> where its row comes from (checkpoint file and iteration), shown beside the name."""
     written = []
     for spec in (TABLE3, table4(lpips_key)):
         for suffix, render in ((".md", markdown_table), (".csv", csv_table)):
             path = out_dir / f"{spec.name}{suffix}"
-            write_text_atomic(path, render(results, sets, spec))
+            write_text_atomic(path, render(results, sets, spec, sources))
             written.append(path)
     for method, by_set in results.items():
         for set_name, result in by_set.items():
