@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from dgggan_pl.complexity import ComplexityRow, complexity_rows, format_table, main
+from dgggan_pl.complexity import (
+    ComplexityRow,
+    build_generator_from_config,
+    complexity_rows,
+    count_gflops,
+    count_parameters,
+    format_table,
+    main,
+)
 
-# Independent measurements in anchors.md §4 (2 x MACs, FlopCounterMode, 1x3x48x48). DGGGAN's gradient
-# operator is elementwise here, so it is not counted; anchors.md counted it as depthwise 3x3 convs
+# Independent measurements (2 x MACs, FlopCounterMode, 1x3x48x48; docs/models.md). DGGGAN's gradient
+# operator is elementwise here, so it is not counted; the independent count took it as depthwise 3x3 convs
 # (+0.016 GFLOPs), hence the tolerance.
 EXPECTED = {
     "dgggan": (14_814_742, 84.73),
@@ -41,6 +50,20 @@ def test_rows_match_independent_counts(rows_48: dict[str, tuple[int, float]]) ->
 def test_flops_scale_with_lr_area(rows_48: dict[str, tuple[int, float]]) -> None:
     (row,) = complexity_rows((96, 48), names=["dgggan_lite"])
     assert row.gflops == pytest.approx(2 * rows_48["dgggan_lite"][1], rel=1e-3)
+
+
+def test_bicubic_global_skip_adds_no_parameters_and_no_counted_flops() -> None:
+    counts = []
+    for skip in ("none", "bicubic"):
+        with torch.device("meta"):
+            generator = build_generator_from_config(
+                ["model=dgggan_lite", f"model.generator.global_skip={skip}"]
+            )
+        assert generator.global_skip == skip
+        counts.append((count_parameters(generator), count_gflops(generator, (48, 48))))
+    assert counts[0] == counts[1] == (3_708_174, pytest.approx(21.25, abs=0.01))
+    table = format_table(complexity_rows((8, 8), names=["dgggan_lite"]), (8, 8))
+    assert "bicubic global skip, is not counted" in table
 
 
 def test_table_has_ratios_to_both_references(

@@ -1,7 +1,9 @@
 """Parameters and FLOPs of the generators, as the paper's Table 5 (`python -m dgggan_pl.complexity`).
 
 FLOPs are 2 x MACs of convolutions and matmuls as counted by `torch.utils.flop_counter.FlopCounterMode`
-(bias, activations, pooling, interpolation and elementwise ops are not counted). Models are built on the
+(bias, activations, pooling, interpolation and elementwise ops are not counted: `global_skip: bicubic`
+leaves both columns unchanged; its bicubic upsampling would add 0.0035 GFLOPs at LR 48x48, 16 multiply-adds
+per output value). Models are built on the
 `meta` device, so counting a 24.8M-parameter model at any LR size takes well under a second and no memory.
 The DGGGAN rows are built from the real Hydra configs; the baselines are the reference re-implementations.
 """
@@ -22,7 +24,7 @@ from dgggan_pl.config import compose_config
 from dgggan_pl.models.baselines import RRDBNet, SPSRGenerator
 from dgggan_pl.utils.atomic import write_text_atomic
 
-DEFAULT_LR_SIZE = (48, 48)  # DESIGN.md §4: LR training patch 48 (HR 192)
+DEFAULT_LR_SIZE = (48, 48)  # the LR training patch (HR 192), as conf/train.yaml's hr_patch_size / scale
 REFERENCE_NAMES = ("RRDBNet", "SPSR")
 
 # Hydra overrides of each DGGGAN variant (conf/model x conf/ablation).
@@ -109,7 +111,8 @@ def format_table(rows: Sequence[ComplexityRow], lr_size: Sequence[int] = DEFAULT
         header += [f"params / {ref}", f"GFLOPs / {ref}"]
     header += ["paper params", "paper GFLOPs"]
     lines = [
-        f"Input 1x3x{lr_size[0]}x{lr_size[1]}; GFLOPs = 2 x MACs (torch.utils.flop_counter).",
+        f"Input 1x3x{lr_size[0]}x{lr_size[1]}; GFLOPs = 2 x MACs (torch.utils.flop_counter; interpolation, "
+        "such as the optional bicubic global skip, is not counted).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
