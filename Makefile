@@ -30,13 +30,14 @@ test-slow: install ## Run only the slow tests (subprocess DDP, sweeps, full-set 
 test-all: install ## Run every test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff check + format check
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+lint: install ## ruff check + format check, mypy on src/ (config in pyproject.toml); CI runs it before the tests
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 format: install ## Apply ruff fixes and formatting
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/ruff format src tests benchmarks scripts
 
 complexity: install ## Print the Table 5 complexity comparison
 	$(PY) -m dgggan_pl.complexity
@@ -52,6 +53,6 @@ gpu-check: install ## On a CUDA machine (<10 min): iterations/s at batch 16 fp32
 	$(PY) scripts/gpu_check.py
 
 clean: ## Remove caches and run outputs (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache outputs multirun wandb demo_outputs
+	rm -rf .pytest_cache .ruff_cache .mypy_cache outputs multirun wandb demo_outputs
 
 .PHONY: demo gpu-check help install test test-slow test-all lint format complexity clean
