@@ -6,6 +6,7 @@ Items are dicts `{"lr": (3, h, w), "hr": (3, s*h, s*w), "name": str}`, float32 i
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -140,6 +141,26 @@ class FolderPairs:
         hr = read_image(self.hr_paths[index])
         lr = None if self.lr_paths is None else read_image(self.lr_paths[index])
         return lr, hr, str(self.hr_paths[index])
+
+
+class InMemoryFolders:
+    """HR images of several folders, decoded once and held in memory; LR is always generated (None).
+
+    For training on a few hundred whole images (e.g. BSD100 + Urban100 HR for a CPU learning check), where
+    decoding a large PNG for every 48-pixel crop would cost more than the training step.
+    """
+
+    def __init__(self, hr_dirs: Sequence[str | os.PathLike]) -> None:
+        if not hr_dirs:
+            raise ValueError("InMemoryFolders needs at least one folder (config key data.train_source.hr_dirs)")
+        self.hr_paths = [path for folder in hr_dirs for path in list_images(folder, what="training HR")]
+        self.images = [read_image(path) for path in self.hr_paths]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[Tensor | None, Tensor, str]:
+        return None, self.images[index], str(self.hr_paths[index])
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
