@@ -3,9 +3,8 @@
 FLOPs are 2 x MACs of convolutions and matmuls as counted by `torch.utils.flop_counter.FlopCounterMode`
 (bias, activations, pooling, interpolation and elementwise ops are not counted: `global_skip: bicubic`
 leaves both columns unchanged; its bicubic upsampling would add 0.0035 GFLOPs at LR 48x48, 16 multiply-adds
-per output value). Models are built on the
-`meta` device, so counting a 24.8M-parameter model at any LR size takes well under a second and no memory.
-The DGGGAN rows are built from the real Hydra configs; the baselines are the reference re-implementations.
+per output value). Models are built on the `meta` device, so counting a 24.8M-parameter model at any LR
+size takes well under a second and no memory. The DGGGAN rows are built from the real Hydra configs; the baselines are the reference re-implementations.
 """
 
 from __future__ import annotations
