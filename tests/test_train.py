@@ -23,10 +23,14 @@ def run(compose, output_dir: Path, overrides: list[str]) -> dict[str, float]:
     return train(compose([*overrides, *SMOKE, f"paths.output_dir={output_dir}"]))
 
 
-def csv_columns(output_dir: Path) -> set[str]:
+def csv_rows(output_dir: Path) -> list[dict[str, str]]:
     (metrics_file,) = output_dir.glob("csv/version_*/metrics.csv")
     with metrics_file.open() as file:
-        return set(next(csv.reader(file)))
+        return list(csv.DictReader(file))
+
+
+def csv_columns(output_dir: Path) -> set[str]:
+    return set(csv_rows(output_dir)[0])
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,16 @@ def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
     rank = json.loads((output_dir / "ranks" / "rank0.json").read_text())
     assert rank["world_size"] == 1 and rank["config_sha256"] == info["config_sha256"]
     resolved = OmegaConf.load(output_dir / "config_resolved.yaml")
-    assert resolved.loss.weights.adv == 0 and "${" not in (output_dir / "config_resolved.yaml").read_text()
+    assert resolved.loss.terms.adv.weight == 0 and "${" not in (output_dir / "config_resolved.yaml").read_text()
     assert list((output_dir / "panels").glob("*.png"))
+
+    # the selected and the last checkpoint are both tested and recorded; the PSNR stage selects on PSNR
+    tested = info["checkpoints"]
+    assert tested["selection"]["monitor"] == "val/Sample/psnr" and tested["selection"]["rule"] == "best"
+    assert tested["last"]["path"] == "checkpoints/last.ckpt" and tested["last"]["iteration"] == 4
+    assert tested["selected"]["path"].startswith("checkpoints/best-")
+    assert tested["selected"]["metrics"].keys() == tested["last"]["metrics"].keys() >= {"test/Sample/psnr"}
+    assert {k: v for k, v in metrics.items() if k.startswith("test/")} == tested["selected"]["metrics"]
 
     checkpoint = torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4  # pretrain: one optimizer step per iteration, iterations=4
@@ -78,13 +90,33 @@ def test_gan_experiments_smoke_run(compose, tmp_path, experiment) -> None:
         "train/loss_adv",
         "train/loss_adv_grad",
         "train/loss_grad_img",
-        "train/critic_wdist",
-        "train/gp",
+        "train/image_critic/wdist",
+        "train/image_critic/gp",
     }
-    expected |= {"train/critic_grad_wdist", "train/gp_grad", "train/loss_g", "train/loss_pixel"}
+    expected |= {"train/gradient_critic/wdist", "train/gradient_critic/gp", "train/loss_g", "train/loss_pixel"}
     if experiment == "full":
         expected.add("train/loss_percept")
     assert expected <= csv_columns(tmp_path)
+
+    # one step axis: iterations (4), not optimizer steps (8), in file names, CSV steps and panels
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["best-4.ckpt", "last.ckpt"]
+    rows = csv_rows(tmp_path)
+    assert all(row["step"] == str(int(float(row["trainer/iteration"]))) for row in rows)
+    train_steps = [int(row["step"]) for row in rows if row["train/loss_g"]]
+    assert train_steps == [1, 2, 3, 4]
+    val_steps = [int(row["step"]) for row in rows if row["val/Sample/psnr"]]
+    assert val_steps == [2, 4]  # val_check_interval=2 iterations
+    test_rows = [row for row in rows if row["test/Sample/psnr"]]
+    assert [row["step"] for row in test_rows] == ["4", "4"]  # last.ckpt and the selected one
+    assert {int(float(row["trainer/checkpoint_iteration"])) for row in test_rows} == {4}
+    assert {p.name.split("_", 1)[0] for p in (tmp_path / "panels").glob("*.png")} == {"0000002", "0000004"}
+    # the reasons for missing metrics sit beside the CSV log
+    (reasons,) = tmp_path.glob("csv/version_*/metrics_unavailable.txt")
+    lines = reasons.read_text().splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == sorted(
+        json.loads((tmp_path / "run_info.json").read_text())["metrics_unavailable"]
+    )
+    assert any(line.startswith("pi: ") and len(line) > len("pi: ") for line in lines)
 
 
 def test_init_from_loads_the_generator_strictly(compose, pretrain_run) -> None:
@@ -111,7 +143,7 @@ def test_max_steps_is_derived_from_iterations(compose) -> None:
     warm = ["experiment=full", "iterations=10", "optim.gan_start_iteration=4"]
     assert derive_max_steps(compose(warm)) == 4 + 6 * 2
     with pytest.raises(ValueError, match="set iterations=N instead"):
-        derive_max_steps(compose(["experiment=full", "+trainer.max_steps=5"]))
+        derive_max_steps(compose(["experiment=full", "trainer.max_steps=5"]))
 
 
 def test_ckpt_path_last_must_exist(tmp_path) -> None:
@@ -141,5 +173,6 @@ def test_bf16_autocast_smoke_run_keeps_a_finite_penalty(compose, tmp_path) -> No
     run(compose, tmp_path, ["experiment=full", "trainer.precision=bf16-mixed", "data.test_sources={}"])
     (metrics_file,) = tmp_path.glob("csv/version_*/metrics.csv")
     with metrics_file.open() as file:
-        penalties = [float(row["train/gp"]) for row in csv.DictReader(file) if row.get("train/gp")]
+        key = "train/image_critic/gp"
+        penalties = [float(row[key]) for row in csv.DictReader(file) if row.get(key)]
     assert len(penalties) == 4 and all(torch.isfinite(torch.tensor(penalties)))

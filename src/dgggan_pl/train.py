@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningDataModule
@@ -294,8 +295,11 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropStepMessage())
     try:
         train(cfg)
-    except (ConfigError, ResumeError) as error:  # a bad value or path: one line, no traceback
-        raise SystemExit(f"error: {error}") from None
+    except (ConfigError, ResumeError, InstantiationException) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
+        if not isinstance(cause, ConfigError | ResumeError):
+            raise
+        raise SystemExit(f"error: {cause}") from None  # a bad value or path: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Sweeps and the report read these instead of scraping logs; they are written atom
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import traceback
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from dgggan_pl.utils.atomic import write_json_atomic
 
 RUN_INFO_FILE = "run_info.json"
 RANK_DIR = "ranks"
+COMPLETED = "completed"
 
 
 def config_sha256(cfg: DictConfig) -> str:
@@ -53,11 +55,28 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class RunRecord:
-    """`<output_dir>/run_info.json`: status running -> completed | failed, with the final metrics."""
+def read_status(path: Path) -> str | None:
+    """The `status` of an existing run record (None if absent or unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
-    def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
+
+class RunRecord:
+    """`<output_dir>/run_info.json`: status running -> completed | failed, with the final metrics.
+
+    A completed record is never replaced by a later attempt unless that attempt completes too: while a resumed
+    attempt runs, its record is `run_info.attempt-<time>.json`, and when it fails it stays beside the completed
+    one as `run_info.failed-<time>.json` (so `report` keeps the finished job).
+    """
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, attempt: str) -> None:
         self.path = output_dir / RUN_INFO_FILE
+        self.protects_completed = read_status(self.path) == COMPLETED
+        stem, suffix = self.path.stem, self.path.suffix
+        self.attempt_path = output_dir / f"{stem}.attempt-{attempt}{suffix}"
+        self.failed_path = output_dir / f"{stem}.failed-{attempt}{suffix}"
         self.data: dict[str, Any] = {
             "status": "running",
             "ablation": cfg.get("ablation", {}).get("name"),
@@ -71,26 +90,44 @@ class RunRecord:
         }
 
     @rank_zero_only
-    def _write(self) -> None:
-        write_json_atomic(self.path, self.data)
+    def _write(self, path: Path) -> None:
+        write_json_atomic(path, self.data)
+
+    @property
+    def _running_path(self) -> Path:
+        return self.attempt_path if self.protects_completed else self.path
 
     def start(self) -> None:
-        self._write()
+        self._write(self._running_path)
 
-    def complete(self, metrics: dict[str, float], unavailable: dict[str, str] | None = None) -> None:
-        """`unavailable` (metric -> reason) lets reports say why a column is empty instead of guessing."""
+    def complete(
+        self,
+        metrics: dict[str, float],
+        unavailable: dict[str, str] | None = None,
+        checkpoints: dict[str, Any] | None = None,
+    ) -> None:
+        """`unavailable` (metric -> reason) lets reports say why a column is empty instead of guessing;
+        `checkpoints` says which checkpoints were tested (selected and last) and how the selected one was chosen."""
         self.data |= {
-            "status": "completed",
+            "status": COMPLETED,
             "finished": _now(),
             "metrics": metrics,
             "metrics_unavailable": dict(unavailable or {}),
+            "checkpoints": dict(checkpoints or {}),
         }
-        self._write()
+        self._write(self.path)
+        self._remove_attempt()
 
     def fail(self, error: BaseException) -> None:
         message = "".join(traceback.format_exception_only(type(error), error)).strip()
         self.data |= {"status": "failed", "finished": _now(), "error": message}
-        self._write()
+        self._write(self.failed_path if self.protects_completed else self.path)
+        self._remove_attempt()
+
+    @rank_zero_only
+    def _remove_attempt(self) -> None:
+        if self.protects_completed:
+            self.attempt_path.unlink(missing_ok=True)
 
 
 def weights_sha256(module: Any) -> str:

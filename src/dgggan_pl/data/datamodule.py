@@ -23,8 +23,21 @@ from dgggan_pl.data.datasets import (
 )
 from dgggan_pl.data.samplers import evaluation_sampler
 from dgggan_pl.data.sampling import ResumableLoader, SkippingEpochSampler
+from dgggan_pl.validation import ConfigError
 
 SourceFactory = Callable[[], PairSource]
+
+
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """`data.batch_size` is the global batch (paper: 16): each of `world_size` processes loads its share."""
+    if global_batch <= 0:
+        raise ConfigError(f"data.batch_size={global_batch}: must be a positive global batch (paper: 16)")
+    if global_batch % world_size:
+        raise ConfigError(
+            f"data.batch_size={global_batch} (the global batch) does not divide over {world_size} processes; "
+            f"use a multiple of {world_size} or change trainer.devices/num_nodes"
+        )
+    return global_batch // world_size
 
 
 class SRDataModule(pl.LightningDataModule):
@@ -36,7 +49,8 @@ class SRDataModule(pl.LightningDataModule):
             so that evaluation-only runs need no training data.
         scale: super-resolution factor (top-level `scale`).
         hr_patch_size: HR training crop; the LR crop is `hr_patch_size / scale` (top-level `hr_patch_size`).
-        batch_size: training batch size (validation/test use 1: whole images differ in size).
+        batch_size: the GLOBAL training batch (paper: 16), split evenly over the DDP processes, so the learning
+            rate and schedule mean the same on any number of GPUs (validation/test use 1: image sizes differ).
         benchmark_dir: folder holding the benchmark sets (`paths.benchmark_dir`).
         val_sets / test_sets: benchmark set names, one dataloader each, in this order.
         lr_source: `shipped` (the sets' own MATLAB LR files) or `generated` (our MATLAB-compatible bicubic).
@@ -83,6 +97,7 @@ class SRDataModule(pl.LightningDataModule):
         self.scale = int(scale)
         self.hr_patch_size = int(hr_patch_size)
         self.batch_size = int(batch_size)
+        per_process_batch(self.batch_size, 1)  # refuse a non-positive batch before any work
         self.benchmark_dir = None if benchmark_dir is None else Path(benchmark_dir)
         self.val_sets = list(val_sets)
         self.test_sets = list(test_sets)
@@ -165,7 +180,7 @@ class SRDataModule(pl.LightningDataModule):
         )
         return ResumableLoader(
             self.train_dataset,
-            batch_size=self.batch_size,
+            batch_size=per_process_batch(self.batch_size, num_replicas),
             sampler=sampler,
             drop_last=True,
             **self._loader_options(persistent=True),

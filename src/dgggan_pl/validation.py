@@ -1,0 +1,66 @@
+"""Config values refused before a run starts, each with one line naming the key and what to do.
+
+`dgggan_pl.train` calls `check_config` before it touches the run folder, so a typo never costs a run's records
+(and never trains for hours on a meaningless value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that must be > 0, with what a sensible value is.
+POSITIVE: Mapping[str, str] = {
+    "iterations": "the number of generator updates (paper: 500000)",
+    "data.batch_size": "the global batch over all processes (paper: 16)",
+    "optim.generator.lr": "the generator's Adam learning rate (paper: 1e-4)",
+    "optim.critic.lr": "the critics' Adam learning rate (paper: 1e-4)",
+    "optim.n_critic": "critic updates per iteration (paper: 1)",
+    "trainer.val_check_interval": "iterations between validations",
+}
+NON_NEGATIVE: Mapping[str, str] = {
+    "optim.gan_start_iteration": "generator-only iterations before the GAN phase",
+}
+GPU_ACCELERATORS = ("gpu", "cuda")
+MAX_STEPS_MESSAGE = (
+    "trainer.max_steps is derived from `iterations` (Lightning counts every optimizer step: 1 + n_critic per "
+    "GAN iteration); set iterations=N instead"
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot mean what it says; the message names the key and the fix."""
+
+
+def _number(cfg: DictConfig, key: str) -> float | None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{key}={value!r}: not a number") from error
+
+
+def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
+    """Raise `ConfigError` for the first value that cannot work; `cuda_available` is for tests."""
+    for key, meaning in POSITIVE.items():
+        value = _number(cfg, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be > 0 ({meaning})")
+    for key, meaning in NON_NEGATIVE.items():
+        value = _number(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 0 ({meaning})")
+    if OmegaConf.select(cfg, "trainer.max_steps", default=None) is not None:
+        raise ConfigError(MAX_STEPS_MESSAGE)
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if accelerator in GPU_ACCELERATORS and not cuda_available:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu/ddp) needs a CUDA GPU and none is visible here; "
+            "use trainer=ddp_cpu (DDP over 2 CPU processes) or trainer=cpu"
+        )
