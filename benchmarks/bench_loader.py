@@ -25,8 +25,8 @@ from dgggan_pl.data.samplers import EpochSeededSampler
 from dgggan_pl.prepare import HR_SUBDIR, LR_SUBDIR, prepare
 
 SCALE = 4
-HR_PATCH = 192  # DESIGN.md §4
-BATCH = 16  # DESIGN.md §4
+HR_PATCH = 192  # docs/design.md#optimisation
+BATCH = 16  # docs/design.md#optimisation
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

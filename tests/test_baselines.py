@@ -17,14 +17,14 @@ def _params(module: nn.Module) -> int:
 def test_rrdbnet_has_the_published_size() -> None:
     with torch.device("meta"):
         model = RRDBNet()
-    assert _params(model) == 16_697_987  # ESRGAN's 16.7M (anchors.md §2)
+    assert _params(model) == 16_697_987  # ESRGAN's 16.7M (the paper's Table 5)
     assert sum(isinstance(m, RRDB) for m in model.modules()) == 23
 
 
 def test_spsr_has_the_published_size() -> None:
     with torch.device("meta"):
         model = SPSRGenerator()
-    assert _params(model) == 24_796_230  # SPSR's 24.8M (anchors.md §1)
+    assert _params(model) == 24_796_230  # SPSR's 24.8M (the paper's Table 5)
     # 23 image RRDBs, 4 gradient stages at 2C, one fusion RRDB at 2C.
     assert sum(isinstance(m, RRDB) for m in model.modules()) == 28
 

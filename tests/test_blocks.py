@@ -1,4 +1,4 @@
-"""SE, the enhanced multi-scale residual block and the upsampling tail (DESIGN.md §1)."""
+"""SE, the enhanced multi-scale residual block and the upsampling tail (docs/design.md#emsrb)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _params(module: nn.Module) -> int:
 
 
 def test_emsrb_parameter_count_at_c64() -> None:
-    # 3x3 + 5x5 (C->C), 3x3 + 5x5 (2C->2C), 1x1 6C->C, SE 580 (anchors.md §5: 721,924 per block).
+    # 3x3 + 5x5 (C->C), 3x3 + 5x5 (2C->2C), 1x1 6C->C, SE 580 (721,924 per block, docs/design.md#emsrb).
     with_se = EnhancedMultiScaleResidualBlock(64, use_se=True, se_reduction=16, negative_slope=0.2)
     without_se = EnhancedMultiScaleResidualBlock(64, use_se=False, se_reduction=16, negative_slope=0.2)
     assert _params(with_se) == 721_924

@@ -1,4 +1,4 @@
-"""The VGG-style WGAN-GP critic (DESIGN.md §2): patch sizes, size, no BN, per-sample scores, bad input."""
+"""The VGG-style WGAN-GP critic (docs/design.md#critics): patch sizes, size, no BN, per-sample scores, bad input."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _params(module: nn.Module) -> int:
 def test_parameter_count_at_192() -> None:
     with torch.device("meta"):
         critic = VGGCritic(patch_size=192)
-    assert _params(critic) == 20_692_745  # anchors.md §1: six pairs, no norm, 3x3x512 flatten
+    assert _params(critic) == 20_692_745  # docs/design.md#critics: six pairs, no norm, 3x3x512 flatten
 
 
 @pytest.mark.parametrize(("patch_size", "final"), [(192, 3), (128, 2), (200, 3)])

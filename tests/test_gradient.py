@@ -1,4 +1,4 @@
-"""The fixed gradient operator G(.) (DESIGN.md §1): known inputs, the kernel definition, no parameters."""
+"""The fixed gradient operator G(.) (docs/design.md#gradient-operator): known inputs, the kernel definition, no parameters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPSR's sub-image window arithmetic (DESIGN.md §5)."""
+"""SPSR's sub-image window arithmetic (docs/design.md#div2k-sub-images)."""
 
 from __future__ import annotations
 

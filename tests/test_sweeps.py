@@ -1,7 +1,7 @@
 """End-to-end sweeps of `python -m dgggan_pl.train -m ...` on CPU (2-process gloo DDP, tiny widths).
 
 Each test launches the real CLI as a subprocess: Lightning's launchers must never run inside pytest
-(feasibility.md §3), and the point is the process layout a user gets.
+(docs/design.md#sweeps), and the point is the process layout a user gets.
 """
 
 from __future__ import annotations

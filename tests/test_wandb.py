@@ -2,7 +2,7 @@
 
 wandb 0.31 writes no summary JSON offline and ships no reader for `.wandb` files, so the test parses the
 file itself: a 7-byte header, then LevelDB-log framing (32 KiB blocks, 7-byte record headers) around
-`wandb_internal_pb2.Record` protobufs (feasibility.md §4).
+`wandb_internal_pb2.Record` protobufs (docs/design.md#logging).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 writes `<out-dir>/DIV2K_train_HR_sub/0001_s001.png ...` (480x480, step 240, threshold 48) and
 `<out-dir>/DIV2K_train_LR_bicubic_X4_sub/` (120x120, step 60, threshold 12) with the same names, as SPSR's
-preprocessing does (DESIGN.md §5). Without `--lr-dir` the LR images are generated from the mod-cropped HR with
+preprocessing does (docs/design.md#div2k-sub-images). Without `--lr-dir` the LR images are generated from the mod-cropped HR with
 MATLAB-compatible bicubic. `--pack` also writes one uint8 `.npy` array per folder (see `data/packed.py`).
 
 Resumable: each finished source image gets a marker in `<out-dir>/.prepare_done/`; a rerun skips those. Every
@@ -34,7 +34,7 @@ from dgggan_pl.data.subimages import WindowSpec, extract, subimage_name, window_
 from dgggan_pl.data.transforms import check_pair_sizes, mod_crop
 from dgggan_pl.utils.atomic import write_json_atomic
 
-# DESIGN.md §5 (SPSR's DIV2K preprocessing): 480x480 HR sub-images, step 240, edge window if leftover > 48.
+# docs/design.md#div2k-sub-images (SPSR's DIV2K preprocessing): 480x480 HR sub-images, step 240, edge window if leftover > 48.
 HR_CROP = 480
 HR_STEP = 240
 HR_THRESHOLD = 48

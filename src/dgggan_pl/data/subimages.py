@@ -1,4 +1,4 @@
-"""Sub-image window arithmetic of SPSR's DIV2K preprocessing (DESIGN.md §5).
+"""Sub-image window arithmetic of SPSR's DIV2K preprocessing (docs/design.md#div2k-sub-images).
 
 Windows of `crop` pixels start every `step` pixels; one extra window flush with the far edge is added only when
 the pixels left uncovered exceed `threshold` (SPSR's `thres_sz`). With 480/240/48 on DIV2K train this gives

@@ -1,4 +1,4 @@
-"""VGG-style WGAN-GP critic, used for images and for gradient maps (DESIGN.md §2)."""
+"""VGG-style WGAN-GP critic, used for images and for gradient maps (docs/design.md#critics)."""
 
 from __future__ import annotations
 

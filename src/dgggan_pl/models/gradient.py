@@ -1,4 +1,4 @@
-"""The one fixed gradient operator G(.) of DGGGAN (DESIGN.md §1).
+"""The one fixed gradient operator G(.) of DGGGAN (docs/design.md#gradient-operator).
 
 Generator, losses and the gradient critic all call this, so that "gradient" means the same thing everywhere.
 """
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_EPS = 1e-6  # DESIGN.md §1: sqrt(gx^2 + gy^2 + 1e-6), as SPSR; keeps sqrt differentiable at 0
+DEFAULT_EPS = 1e-6  # docs/design.md#gradient-operator: sqrt(gx^2 + gy^2 + 1e-6), as SPSR; keeps sqrt differentiable at 0
 
 
 def gradient_magnitude(x: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
