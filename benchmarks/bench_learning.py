@@ -93,9 +93,7 @@ def bicubic_scores(data_dir: Path) -> dict[str, float]:
 
 def table(results: list[dict], bicubic: dict[str, float]) -> str:
     """Markdown: one row per validation point, PSNR (Y, crop 4) of each variant minus bicubic."""
-    header = "| iteration | train min | " + " | ".join(
-        f"{r['variant']} {s}" for r in results for s in SETS
-    )
+    header = "| iteration | train min | " + " | ".join(f"{r['variant']} {s}" for r in results for s in SETS)
     lines = [header + " |", "|---:|---:|" + "---:|" * (len(results) * len(SETS))]
     for points in zip(*(r["curve"] for r in results), strict=True):
         minutes = max(p["seconds"] for p in points) / 60
@@ -103,9 +101,7 @@ def table(results: list[dict], bicubic: dict[str, float]) -> str:
             f"{p[f'val/{s}/psnr']:.2f} ({p[f'val/{s}/psnr'] - bicubic[s]:+.2f})" for p in points for s in SETS
         ]
         lines.append(f"| {points[0]['iteration']} | {minutes:.1f} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| bicubic | | " + " | ".join(f"{bicubic[s]:.2f}" for _ in results for s in SETS) + " |"
-    )
+    lines.append("| bicubic | | " + " | ".join(f"{bicubic[s]:.2f}" for _ in results for s in SETS) + " |")
     return "\n".join(lines)
 
 
@@ -147,7 +143,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: cores / variants)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per variant (default: cores / variants)"
+    )
     parser.add_argument("--plot", type=Path, default=None, help="write the curves as a PNG")
     parser.add_argument("--results", type=Path, default=None, help="also keep the raw curves as JSON")
     parser.add_argument(
@@ -186,7 +184,9 @@ def main() -> None:
         print(f"  {result['variant']}: {result['wall_seconds'] / 60:.1f} min wall (training + validation)")
     print(table(results, bicubic))
     if args.results:
-        args.results.write_text(json.dumps({"setting": setting, "bicubic": bicubic, "results": results}) + "\n")
+        args.results.write_text(
+            json.dumps({"setting": setting, "bicubic": bicubic, "results": results}) + "\n"
+        )
     if args.plot:
         plot(results, bicubic, args.plot, setting)
         print(f"wrote {args.plot}")

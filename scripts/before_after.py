@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from torch import Tensor
 
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.io import read_image, save_image, to_float
 from dgggan_pl.tiling import upscale_tiled
+from dgggan_pl.utils.labelled_grid import labelled_grid
 from dgggan_pl.weights import load_generator
 
 GAP = 8  # white pixels between panels
@@ -48,19 +46,6 @@ def panels(
     return result
 
 
-def compose(images: list[tuple[str, Tensor]]) -> Tensor:
-    """Side by side with captions: `(3, H, W)` float in [0, 1]."""
-    height, width = images[0][1].shape[-2:]
-    canvas = Image.new("RGB", (len(images) * (width + GAP) - GAP, height + LABEL_HEIGHT), "white")
-    draw = ImageDraw.Draw(canvas)
-    for index, (label, image) in enumerate(images):
-        left = index * (width + GAP)
-        array = (image * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        canvas.paste(Image.fromarray(array), (left, LABEL_HEIGHT))
-        draw.text((left + 2, 2), label, fill="black")
-    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,7 +57,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output PNG")
     args = parser.parse_args()
     # No inference_mode around loading: tiling measures receptive radii with autograd (it runs inference_mode).
-    save_image(compose(panels(args.weights, args.lr, args.hr, tuple(args.box))), args.out)
+    save_image(
+        labelled_grid([panels(args.weights, args.lr, args.hr, tuple(args.box))], GAP, LABEL_HEIGHT), args.out
+    )
     print(f"wrote {args.out}")
 
 

@@ -44,6 +44,8 @@ def metrics_table(run_metrics: dict[str, float], bicubic: dict, unavailable: dic
         for method, scores in (("bicubic (MATLAB)", values), ("DGGGAN demo", model)):
             cells = [f"{scores[m]:.4f}" if m in scores else "unavailable" for m in METRICS]
             rows.append(f"| {set_name} | {method} | " + " | ".join(cells) + " |")
+        difference = [f"{model[m] - values[m]:+.4f}" if m in model and m in values else "" for m in METRICS]
+        rows.append(f"| {set_name} | **demo - bicubic** | " + " | ".join(difference) + " |")
     notes = [f"- {metric}: unavailable ({reason})" for metric, reason in sorted(unavailable.items())]
     if not any(key.endswith("/lpips") for key in run_metrics):
         notes.append(

@@ -11,11 +11,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from dgggan_pl.callbacks.iteration import iterations_done
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.io import save_image
+from dgggan_pl.loggers import ITERATION_KEY
 from dgggan_pl.models.gradient import gradient_magnitude
+from dgggan_pl.utils.labelled_grid import labelled_grid
 
 PANEL_DIR = "panels"
+PANEL_KEY = "val/panels"
 
 
 def _center_crop(image: Tensor, size: int | None) -> Tensor:
@@ -27,11 +31,18 @@ def _center_crop(image: Tensor, size: int | None) -> Tensor:
     return image[..., top : top + size, left : left + size]
 
 
+PANEL_CAPTIONS = (
+    ("LR (nearest)", "bicubic (MATLAB)", "SR", "HR"),
+    ("G(HR)", "G(SR)", "SR gradient branch", "|SR - HR| x 4"),
+)
+
+
 def build_panel(lr: Tensor, sr: Tensor, hr: Tensor, grad_map: Tensor | None, crop: int | None) -> Tensor:
-    """`lr` `(3, h, w)`, `sr`/`hr`/`grad_map` `(3, sh, sw)` in [0, 1] -> `(3, 2*P, 4*P)` panel.
+    """`lr` `(3, h, w)`, `sr`/`hr`/`grad_map` `(3, sh, sw)` in [0, 1] -> a captioned uint8 `(3, H, W)` panel.
 
     Top row: LR (nearest) | MATLAB bicubic | SR | HR. Bottom row: G(HR) | G(SR) | SR gradient map (the
-    generator's own, black without the branch) | |SR - HR| x 4. Both rows show the same central crop.
+    generator's own, black without the branch) | |SR - HR| x 4. Both rows show the same central crop, each
+    tile under its caption (`PANEL_CAPTIONS`).
     """
     scale = hr.shape[-1] // lr.shape[-1]
     lr_up = F.interpolate(lr[None], scale_factor=scale, mode="nearest")[0]
@@ -41,14 +52,15 @@ def build_panel(lr: Tensor, sr: Tensor, hr: Tensor, grad_map: Tensor | None, cro
     error = ((sr - hr).abs() * 4).clamp(0, 1)  # x4 so small errors are visible
     tiles = [lr_up, bicubic, sr, hr, grad_hr.clamp(0, 1), grad_sr.clamp(0, 1), branch, error]
     tiles = [_center_crop(t.float().cpu(), crop) for t in tiles]
-    top, bottom = torch.cat(tiles[:4], dim=-1), torch.cat(tiles[4:], dim=-1)
-    return torch.cat([top, bottom], dim=-2)
+    rows = [list(zip(PANEL_CAPTIONS[0], tiles[:4])), list(zip(PANEL_CAPTIONS[1], tiles[4:]))]
+    return labelled_grid(rows)
 
 
 class ImagePanels(Callback):
     """Every validation: panels of the first `num_images` images of the first validation set.
 
-    Written to `<output_dir>/panels/<iteration>_<name>.png` (rank 0) and logged to W&B as `val/panels`.
+    Written to `<output_dir>/panels/<iteration>_<name>.png` (rank 0) and logged to W&B as `val/panels` at the
+    iteration (the step axis of every row).
     """
 
     def __init__(self, num_images: int = 2, crop: int | None = 256) -> None:
@@ -79,17 +91,17 @@ class ImagePanels(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not self._panels or not trainer.is_global_zero:
             return
-        iteration = getattr(pl_module, "iteration", trainer.global_step)
+        iteration = iterations_done(pl_module, trainer)
         folder = Path(trainer.default_root_dir) / PANEL_DIR
         for name, panel in self._panels:
             save_image(panel, folder / f"{iteration:07d}_{name}.png")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="val/panels",
-                    images=[panel for _, panel in self._panels],
-                    caption=[
-                        f"{name}: LR|bicubic|SR|HR / G(HR)|G(SR)|branch|err" for name, _ in self._panels
-                    ],
-                    step=trainer.global_step,
-                )
+                import wandb
+
+                images = [
+                    wandb.Image(panel, caption=f"{name}: LR|bicubic|SR|HR / G(HR)|G(SR)|branch|err")
+                    for name, panel in self._panels
+                ]
+                # the iteration axis, like every other row (trainer/global_step = iteration, monotonic)
+                logger.log_metrics({PANEL_KEY: images, ITERATION_KEY: iteration}, step=iteration)
