@@ -52,7 +52,10 @@ def build_panel(lr: Tensor, sr: Tensor, hr: Tensor, grad_map: Tensor | None, cro
     error = ((sr - hr).abs() * 4).clamp(0, 1)  # x4 so small errors are visible
     tiles = [lr_up, bicubic, sr, hr, grad_hr.clamp(0, 1), grad_sr.clamp(0, 1), branch, error]
     tiles = [_center_crop(t.float().cpu(), crop) for t in tiles]
-    rows = [list(zip(PANEL_CAPTIONS[0], tiles[:4])), list(zip(PANEL_CAPTIONS[1], tiles[4:]))]
+    rows = [
+        list(zip(captions, row, strict=True))
+        for captions, row in zip(PANEL_CAPTIONS, (tiles[:4], tiles[4:]), strict=True)
+    ]
     return labelled_grid(rows)
 
 
