@@ -1,4 +1,5 @@
-"""The upscale CLI: folders and files, corrupt inputs, no overwriting, atomic outputs, clear usage errors."""
+"""The upscale CLI: folders and files, corrupt inputs, no overwriting, atomic outputs, clear usage errors,
+memory checked before an input starts, allocation failures per file, the global skip, channels_last."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dgggan_pl import upscale
 from dgggan_pl.data.io import read_image, to_float
-from dgggan_pl.upscale import main
+from dgggan_pl.upscale import GIB, available_memory, main, memory_needed
 from dgggan_pl.weights import load_generator
 
 HEIGHT, WIDTH = 10, 13
@@ -39,7 +41,11 @@ def test_folder_with_a_corrupt_file(tiny_generator_checkpoint, inputs: Path, tmp
     out = tmp_path / "out"
     status = main([str(inputs), str(out), "--weights", str(weights), "--tile", "4", "--device", "cpu"])
     assert status == 1
-    assert "broken.png" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "broken.png" in printed.err
+    assert sorted(line for line in printed.out.splitlines() if line.startswith("wrote")) == [
+        f"wrote {out / name}" for name in ("alpha.png", "gray.png", "rgb.png")
+    ]
     assert sorted(p.name for p in out.iterdir()) == ["alpha.png", "gray.png", "rgb.png"]  # no temp files left
 
     generator, _ = load_generator(weights)
@@ -83,3 +89,92 @@ def test_usage_errors(tiny_generator_checkpoint, inputs: Path, tmp_path: Path, c
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--tile-overlap" in capsys.readouterr().out
+
+
+def _write_rgb(path: Path, height: int, width: int) -> None:
+    rng = np.random.default_rng(height * width)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def test_an_input_too_large_for_memory_is_refused_before_it_starts(
+    tiny_generator_checkpoint, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    weights = tiny_generator_checkpoint()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write_rgb(folder / "big.png", 48, 64)
+    _write_rgb(folder / "small.png", HEIGHT, WIDTH)
+    generator, _ = load_generator(weights)
+    small, big = (memory_needed(generator, h, w, 4, None).host for h, w in ((HEIGHT, WIDTH), (48, 64)))
+    assert small < big
+    started: list[tuple[int, ...]] = []
+    real = upscale.upscale_image
+    monkeypatch.setattr(
+        upscale, "upscale_image", lambda g, image, **kw: started.append(image.shape) or real(g, image, **kw)
+    )
+
+    out = tmp_path / "out"
+    limit = (small + big) / 2 / GIB
+    args = [str(folder), str(out), "--weights", str(weights), "--tile", "4", "--max-memory", f"{limit:.9f}"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "FAILED" in line)
+    assert (
+        "big.png: 64x48 -> 256x192 needs about" in line and "--max-memory" in line and "smaller input" in line
+    )
+    assert started == [(3, HEIGHT, WIDTH)]  # the big one never started
+    assert sorted(p.name for p in out.iterdir()) == ["small.png"]
+    assert main([*args[:-2], "--max-memory", "0"]) == 0  # 0: no check
+    assert sorted(p.name for p in out.iterdir()) == ["big.png", "small.png"]
+
+
+def test_allocation_failures_are_per_file_errors(
+    tiny_generator_checkpoint, inputs: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    weights = tiny_generator_checkpoint()
+    real = upscale.upscale_image
+    allocator = (
+        "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to ..."
+    )
+
+    def fail_on_gray(generator, image, **kwargs):
+        if image.shape == (3, HEIGHT, WIDTH) and bool((image[0] == image[1]).all()):
+            raise RuntimeError(allocator)
+        return real(generator, image, **kwargs)
+
+    monkeypatch.setattr(upscale, "upscale_image", fail_on_gray)
+    out = tmp_path / "out"
+    assert main([str(inputs), str(out), "--weights", str(weights), "--tile", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "gray.jpg: out of memory (" in err and "DefaultCPUAllocator" in err
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.png", "rgb.png"]
+
+    monkeypatch.setattr(
+        upscale, "upscale_image", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug"))
+    )
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not swallowed
+        main([str(inputs), str(tmp_path / "again"), "--weights", str(weights)])
+
+
+def test_available_memory_reads_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    8000000 kB\n")
+    assert available_memory(meminfo) == 8_000_000 * 1024
+    assert available_memory(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("channels_last", ["--channels-last", "--no-channels-last"])
+def test_global_skip_and_memory_format_through_the_tiled_upscaler(
+    tiny_generator_checkpoint, inputs: Path, tmp_path: Path, channels_last: str
+) -> None:
+    weights = tiny_generator_checkpoint(global_skip="bicubic", init_scale=1.0)
+    target = tmp_path / "rgb_x4.png"
+    assert (
+        main([str(inputs / "rgb.png"), str(target), "--weights", str(weights), "--tile", "4", channels_last])
+        == 0
+    )
+    generator, _ = load_generator(weights)
+    assert generator.global_skip == "bicubic"
+    with torch.no_grad():
+        expected = generator(to_float(read_image(inputs / "rgb.png")).unsqueeze(0)).sr[0].clamp(0, 1)
+    assert (to_float(read_image(target)) - expected).abs().max() <= 1 / 255 + 1e-6

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,11 +43,17 @@ TileFn = Callable[..., Tensor]
 
 
 def encode_tiled(
-    generator: DGGGANGenerator, lr: Tensor, tile: int, progress: Callable[[], None] | None = None
+    generator: DGGGANGenerator,
+    lr: Tensor,
+    tile: int,
+    progress: Callable[[], None] | None = None,
+    *,
+    inplace: bool = True,
 ) -> LRFeatures:
     """`generator.encode` with each local op on `tile`-pixel tiles grown by its measured halo.
 
     Same result as `generator.encode(lr)`; the maps stay on `lr`'s device, tiles run on the generator's.
+    `inplace=False` keeps every intermediate map (one more C-channel map per branch; for comparisons).
     """
     device = next(generator.parameters()).device
 
@@ -54,7 +61,38 @@ def encode_tiled(
         halo = receptive_radius(fn, inputs, device)
         return map_tiles(fn, inputs, tile=tile, halo=halo, device=device, progress=progress)
 
-    return generator.encode(lr, run, inplace=True)
+    return generator.encode(lr, run, inplace=inplace)
+
+
+def decode_tiled(
+    generator: DGGGANGenerator,
+    features: LRFeatures,
+    lr: Tensor,
+    tile: int,
+    overlap: int,
+    progress: Callable[[], None] | None = None,
+    *,
+    to_uint8: bool = False,
+) -> Tensor:
+    """`generator.decode(features, lr).sr` on LR tiles of `tile` pixels with `overlap` pixels of context.
+
+    Float `(B, 3, sh, sw)` on `lr`'s device, or with `to_uint8` a uint8 image (`uint8_image_buffer`), each
+    tile rounded as `save_image` rounds, so that no float HR image is ever held.
+    """
+    out = None
+    if to_uint8:
+        out = uint8_image_buffer(lr.shape[0], *(generator.scale * n for n in lr.shape[-2:]), lr.shape[1])
+    return map_tiles(
+        _decode_sr(generator),
+        _decode_inputs(features, lr),
+        tile=tile,
+        halo=overlap,
+        device=next(generator.parameters()).device,
+        scale=generator.scale,
+        progress=progress,
+        out=out,
+        convert=quantize_uint8 if to_uint8 else None,
+    )
 
 
 def count_local_ops(generator: DGGGANGenerator) -> int:
@@ -180,6 +218,70 @@ def count_tile_steps(generator: DGGGANGenerator, height: int, width: int, tile: 
     return count_local_ops(generator) * lr_tiles + hr_tiles
 
 
+class MemoryEstimate(NamedTuple):
+    """Bytes `upscale_tiled(..., to_uint8=True)` allocates beyond the loaded model, by stage and place.
+
+    `lr_stage`: peak of the whole-image LR maps during the LR stage (on `lr`'s device); `hr_stage`: the LR
+    maps the HR stage reads; `output`: the uint8 SR image (allocated after the LR stage); `tile`: one
+    tile's activations on the generator's device, the larger of the two stages'.
+    """
+
+    lr_stage: int
+    hr_stage: int
+    output: int
+    tile: int
+
+    @property
+    def peak(self) -> int:
+        """Peak when everything lives on one device (the CPU case)."""
+        return max(self.lr_stage, self.hr_stage + self.output) + self.tile
+
+
+# Peak activations of one tile op, in floats per (pixel x channel C) of the grown tile, measured as the peak
+# RSS growth of one op at C = 16 and 64, tiles 64-128: an EMSRB's `local` 14-18 (LR pixels), the HR stage
+# 7-8 (HR pixels). Rounded up; they are estimates, the maps and the output are exact.
+LR_TILE_FLOATS_PER_CHANNEL = 18
+HR_TILE_FLOATS_PER_CHANNEL = 8
+
+
+def estimate_memory(
+    generator: DGGGANGenerator, height: int, width: int, tile: int, overlap: int | None = None
+) -> MemoryEstimate:
+    """What upscaling one `height` x `width` LR image costs (`tile` 0: the whole image as one tile).
+
+    The LR stage holds the LR input and `2 * branches + 1` C-channel maps of the whole image (each branch's
+    head and current features, and the map being tiled), the HR stage the final LR features and the LR input.
+    """
+    channels = generator.image_branch.trunk.out_channels
+    branches = len(generator.branches)
+    map_bytes = height * width * next(generator.parameters()).element_size()
+    lr_input = generator.in_channels * map_bytes
+    output = generator.in_channels * generator.scale**2 * height * width
+    lr_side, hr_side = (height, width), (height, width)
+    if tile > 0:
+        halo = hr_stage_radius(generator) if overlap is None else overlap
+        reach = max(_block_radius(generator), halo)
+        lr_tile = LR_STAGE_TILE_FACTOR * tile
+        lr_side = (min(lr_tile, height) + 2 * reach, min(lr_tile, width) + 2 * reach)
+        hr_side = (min(tile, height) + 2 * halo, min(tile, width) + 2 * halo)
+    lr_floats = LR_TILE_FLOATS_PER_CHANNEL * lr_side[0] * lr_side[1]
+    hr_floats = HR_TILE_FLOATS_PER_CHANNEL * generator.scale**2 * hr_side[0] * hr_side[1]
+    return MemoryEstimate(
+        lr_stage=lr_input + (2 * branches + 1) * channels * map_bytes,
+        hr_stage=lr_input + branches * channels * map_bytes,
+        output=output,
+        tile=max(lr_floats, hr_floats) * channels * next(generator.parameters()).element_size(),
+    )
+
+
+def _block_radius(generator: DGGGANGenerator) -> int:
+    blocks = generator.image_branch.blocks
+    if not len(blocks):
+        return 0
+    probe = torch.empty(1, generator.image_branch.trunk.out_channels, 1, 1)
+    return receptive_radius(blocks[0].local, [probe], next(generator.parameters()).device)
+
+
 def hr_stage_radius(generator: DGGGANGenerator) -> int:
     """Receptive radius (LR pixels) of the HR stage: the smallest `overlap` that makes tiles seam-free."""
     channels = generator.image_branch.trunk.out_channels
@@ -207,7 +309,8 @@ def upscale_tiled(
     smallest seam-free value. Smaller values are allowed (faster) but warned about: seams may show.
     `progress(done, total)` is called after every tile. Returns the SR image on `lr`'s device: float (not
     clamped), or with `to_uint8` each tile rounded as `save_image` does straight into a uint8 buffer
-    (`uint8_image_buffer`, allocated after the LR stage), so no float HR image ever exists.
+    (`uint8_image_buffer`, allocated after the LR stage), so no float HR image ever exists. Memory:
+    `estimate_memory`.
     """
     if any(p.is_inference() for p in generator.parameters()):
         raise ValueError(
@@ -230,18 +333,5 @@ def upscale_tiled(
         if progress is not None:
             progress(done, total)
 
-    inputs = _decode_inputs(encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * tile, step), lr)
-    out = None
-    if to_uint8:
-        out = uint8_image_buffer(lr.shape[0], *(generator.scale * n for n in lr.shape[-2:]), lr.shape[1])
-    return map_tiles(
-        _decode_sr(generator),
-        inputs,
-        tile=tile,
-        halo=overlap,
-        device=next(generator.parameters()).device,
-        scale=generator.scale,
-        progress=step,
-        out=out,
-        convert=quantize_uint8 if to_uint8 else None,
-    )
+    features = encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * tile, step)
+    return decode_tiled(generator, features, lr, tile, overlap, step, to_uint8=to_uint8)

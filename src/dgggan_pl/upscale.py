@@ -3,8 +3,11 @@
 IN is an image file or a folder of images (PNG, JPEG, BMP, TIFF, WebP; grayscale/RGBA/16-bit/palette are
 read as RGB, see `dgggan_pl.data.io`); OUT is a file (when IN is a file and OUT has an image extension) or
 a folder, where each result is written as `<input stem>.png`. Outputs are written atomically and existing
-ones are kept unless --overwrite. An unreadable input is reported and skipped; the exit status is 1 when
-any input failed, 2 on a usage error. See docs/inference.md.
+ones are kept unless --overwrite; each written one is reported ("wrote PATH"). Tiles are rounded straight
+into the uint8 output, and the memory an input needs is estimated before it starts: an input that cannot
+fit is refused with what it needs and what to change. An unreadable input, one that does not fit, or an
+allocation failure is reported and skipped; the exit status is 1 when any input failed, 2 on a usage
+error. See docs/inference.md.
 """
 
 from __future__ import annotations
@@ -15,14 +18,23 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dgggan_pl.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, save_image, to_float
+from dgggan_pl.data.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    list_images,
+    quantize_uint8,
+    read_image,
+    save_image,
+    to_float,
+)
 from dgggan_pl.models.generator import DGGGANGenerator
-from dgggan_pl.tiling import upscale_tiled
+from dgggan_pl.tiling import estimate_memory, upscale_tiled
 from dgggan_pl.weights import WeightsError, load_generator
 
 # LR pixels per HR-stage tile: 1.3 GiB peak RSS at C = 64, and fewer, larger ops than 64 (which is a little
@@ -32,6 +44,15 @@ OUTPUT_SUFFIX = ".png"  # lossless, whatever the input format
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 EXIT_FAILED_INPUTS = 1
 EXIT_USAGE = 2
+GIB = 1024**3
+PILLOW_BYTES_PER_PIXEL = 4  # Pillow stores an RGB image as RGBX: the PNG writer's copy of the output
+MEMINFO = Path("/proc/meminfo")
+# Messages of allocation failures that are not MemoryError (torch's CPU allocator raises RuntimeError).
+ALLOCATION_FAILURES = ("can't allocate memory", "out of memory")
+
+
+class InsufficientMemoryError(MemoryError):
+    """An input would need more memory than is available (the message says how much and what to change)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="use the EMA generator (--ema) or the raw one (--no-ema); default: EMA when the weights have it",
     )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the convolutions in channels_last memory format (faster on the CPU, see docs/inference.md; "
+        "same result to float rounding)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="refuse inputs whose estimated memory exceeds this many GiB; default: MemAvailable of "
+        "/proc/meminfo (no check where it cannot be read); 0 = no check",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -133,9 +169,14 @@ def upscale_image(
     half: torch.dtype | None,
     tile_bar: tqdm | None = None,
 ) -> Tensor:
-    """uint8 `(3, h, w)` -> float `(3, 4h, 4w)` in [0, 1] on the CPU (not yet rounded)."""
+    """uint8 `(3, h, w)` -> uint8 `(3, 4h, 4w)` on the CPU, rounded as `save_image` rounds.
+
+    Tiled, each tile is rounded into the output as it is computed (no float HR image is held).
+    """
     device = next(generator.parameters()).device
     lr = to_float(image).unsqueeze(0)
+    if next(generator.parameters()).is_contiguous(memory_format=torch.channels_last):
+        lr = lr.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext()
 
     def progress(done: int, total: int) -> None:
@@ -146,10 +187,75 @@ def upscale_image(
 
     with autocast, torch.inference_mode():
         if tile > 0:
-            sr = upscale_tiled(generator, lr, tile, overlap, progress=progress)
-        else:
-            sr = generator(lr.to(device)).sr
-        return sr[0].float().clamp(0, 1).cpu()
+            return upscale_tiled(generator, lr, tile, overlap, progress=progress, to_uint8=True)[0]
+        return quantize_uint8(generator(lr.to(device)).sr[0]).cpu()
+
+
+def available_memory(meminfo: Path = MEMINFO) -> int | None:
+    """MemAvailable in bytes (what can be allocated without swapping), None where it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class MemoryNeed(NamedTuple):
+    """CPU bytes one input needs at its peak (beyond the loaded model), its parts, and GPU bytes per tile."""
+
+    host: int
+    parts: str
+    tile_on_host: int
+    gpu: int
+
+
+def memory_needed(
+    generator: DGGGANGenerator, height: int, width: int, tile: int, overlap: int | None
+) -> MemoryNeed:
+    """The LR maps, the uint8 output and Pillow's copy of it while the PNG is written, plus the tile working set
+    where tiles run (`tiling.estimate_memory`)."""
+    estimate = estimate_memory(generator, height, width, tile, overlap)
+    on_gpu = next(generator.parameters()).device.type == "cuda"
+    tile_on_host = 0 if on_gpu else estimate.tile
+    writing = estimate.output + estimate.output // generator.in_channels * PILLOW_BYTES_PER_PIXEL
+    host = max(estimate.lr_stage + tile_on_host, estimate.hr_stage + estimate.output + tile_on_host, writing)
+    parts = (
+        f"LR feature maps {estimate.lr_stage / GIB:.2f}, output {estimate.output / GIB:.2f} + "
+        f"{(writing - estimate.output) / GIB:.2f} to write it, tile {estimate.tile / GIB:.2f}"
+    )
+    return MemoryNeed(host, parts, tile_on_host, estimate.tile if on_gpu else 0)
+
+
+def check_memory(
+    generator: DGGGANGenerator, image: Tensor, *, tile: int, overlap: int | None, limit: int | None
+) -> None:
+    """Raise `InsufficientMemoryError` (one line: need, limit, what to change) before a too-large input starts."""
+    height, width = image.shape[-2:]
+    need = memory_needed(generator, height, width, tile, overlap)
+    size = f"{width}x{height} -> {generator.scale * width}x{generator.scale * height}"
+    if limit is not None and need.host > limit:
+        advice = "a smaller input (maps and output grow with its area)"
+        if need.tile_on_host > need.host / 4:
+            advice = f"a smaller --tile, --device cuda, or {advice}"
+        raise InsufficientMemoryError(
+            f"{size} needs about {need.host / GIB:.2f} GiB of memory ({need.parts}) but {limit / GIB:.2f} GiB "
+            f"is available; use {advice}, or --max-memory to change the limit"
+        )
+    if need.gpu:
+        free = torch.cuda.mem_get_info(next(generator.parameters()).device)[0]
+        if need.gpu > free:
+            raise InsufficientMemoryError(
+                f"{size}: one tile needs about {need.gpu / GIB:.2f} GiB of GPU memory but {free / GIB:.2f} GiB "
+                "is free; use a smaller --tile"
+            )
+
+
+def _is_allocation_failure(error: BaseException) -> bool:
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in ALLOCATION_FAILURES)
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> torch.device:
@@ -163,13 +269,22 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> torc
         parser.error(str(error))
     if args.half is not None and device.type != "cuda":
         parser.error(f"--half {args.half} runs on a GPU only (device is {device}); drop --half on the CPU")
+    if args.max_memory is not None and args.max_memory < 0:
+        parser.error("--max-memory must be >= 0 (GiB; 0 = no check)")
     return device
+
+
+def _memory_limit(max_memory: float | None) -> int | None:
+    if max_memory is None:
+        return available_memory()
+    return int(max_memory * GIB) if max_memory > 0 else None
 
 
 def run_jobs(jobs: Sequence[Job], generator: DGGGANGenerator, args: argparse.Namespace) -> list[Job]:
     """Upscale every job, skipping existing outputs unless --overwrite; returns the failed jobs."""
     failed: list[Job] = []
     half = HALF_DTYPES[args.half] if args.half else None
+    limit = _memory_limit(args.max_memory)
     with (
         tqdm(jobs, desc="images", unit="img") as files,
         tqdm(desc="tiles", unit="tile", leave=False) as tiles,
@@ -182,21 +297,38 @@ def run_jobs(jobs: Sequence[Job], generator: DGGGANGenerator, args: argparse.Nam
                 )
                 continue
             try:
-                image = read_image(job.source)
-                tiles.reset()
-                sr = upscale_image(
-                    generator, image, tile=args.tile, overlap=args.tile_overlap, half=half, tile_bar=tiles
-                )
-                save_image(sr, job.target)
-            except (ImageReadError, OSError) as error:
+                _upscale_file(job, generator, args, half, limit, tiles)
+            except (ImageReadError, OSError, InsufficientMemoryError) as error:
                 files.write(f"FAILED {job.source}: {error}", file=sys.stderr)
                 failed.append(job)
-            except torch.OutOfMemoryError as error:
+            except (MemoryError, RuntimeError) as error:
+                if not _is_allocation_failure(error):
+                    raise
+                message = str(error).splitlines()[0]
                 files.write(
-                    f"FAILED {job.source}: out of memory ({error}); try a smaller --tile", file=sys.stderr
+                    f"FAILED {job.source}: out of memory ({message}); try a smaller --tile or a smaller input",
+                    file=sys.stderr,
                 )
                 failed.append(job)
+            else:
+                files.write(f"wrote {job.target}")
     return failed
+
+
+def _upscale_file(
+    job: Job,
+    generator: DGGGANGenerator,
+    args: argparse.Namespace,
+    half: torch.dtype | None,
+    limit: int | None,
+    tiles: tqdm,
+) -> None:
+    image = read_image(job.source)
+    check_memory(generator, image, tile=args.tile, overlap=args.tile_overlap, limit=limit)
+    tiles.reset()
+    sr = upscale_image(generator, image, tile=args.tile, overlap=args.tile_overlap, half=half, tile_bar=tiles)
+    del image
+    save_image(sr, job.target)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         jobs = plan_jobs(args.input, args.output)
         generator, _ = load_generator(args.weights, use_ema=args.ema, map_location=device)
+        if args.channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
     except (WeightsError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
