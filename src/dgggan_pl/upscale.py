@@ -238,7 +238,8 @@ def check_memory(
     if limit is not None and need.host > limit:
         advice = "a smaller input (maps and output grow with its area)"
         if need.tile_on_host > need.host / 4:
-            advice = f"a smaller --tile, --device cuda, or {advice}"
+            smaller_tile = f"--tile {DEFAULT_TILE}" if tile == 0 else "a smaller --tile"
+            advice = f"{smaller_tile}, --device cuda, or {advice}"
         raise InsufficientMemoryError(
             f"{size} needs about {need.host / GIB:.2f} GiB of memory ({need.parts}) but {limit / GIB:.2f} GiB "
             f"is available; use {advice}, or --max-memory to change the limit"
