@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -31,6 +30,7 @@ from dgggan_pl.launch.commands import (
     select_trainer_value,
     with_wandb_group,
 )
+from dgggan_pl.launch.compose import job_config
 from dgggan_pl.launch.devices import device_changes, gpu_slots, visible_gpu_ids
 from dgggan_pl.launch.runner import JobRunner, PreparedJob, exit_by_signal
 from dgggan_pl.launch.summary import (
@@ -123,7 +123,7 @@ class DDPLauncher(Launcher):
     def _prepare(self, job: JobRecord, ret: JobReturn, cuda_count: int) -> list[str] | None:
         """Compose one job and build its command; a job that cannot be composed fails alone."""
         try:
-            sweep_config = self._job_config(job)
+            sweep_config = job_config(self.hydra_context, self.config, job.overrides, job.num)
             ret.cfg, ret.hydra_cfg = _split_config(sweep_config)
             job.output_dir = str(Path(str(sweep_config.hydra.runtime.output_dir)))
             trainer = self._trainer_values(sweep_config)
@@ -163,24 +163,6 @@ class DDPLauncher(Launcher):
             ret.status, ret.return_value = JobStatus.COMPLETED, {"output_dir": job.output_dir}
         else:
             ret.return_value = SweepJobsFailed(f"job {job.label()} {job.status}: {job.error}")
-
-    def _job_config(self, job: JobRecord) -> DictConfig:
-        """The job's full config with `hydra.runtime.output_dir` = `<sweep.dir>/<sweep.subdir>`."""
-        assert self.config is not None and self.hydra_context is not None
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"job_id_for_{job.num}"
-            sweep_config.hydra.job.num = job.num
-        saved = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(sweep_config)  # `${hydra:...}` in sweep.subdir needs it
-        try:
-            subdir = str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
-            output_dir = Path(str(sweep_config.hydra.sweep.dir), subdir).absolute()
-        finally:
-            HydraConfig.instance().cfg = saved
-        with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
-            sweep_config.hydra.runtime.output_dir = str(output_dir)
-        return sweep_config
 
     def _trainer_values(self, cfg: DictConfig) -> dict[str, object]:
         """The job's devices/num_nodes/accelerator/strategy; several nodes are refused (use slurm)."""
