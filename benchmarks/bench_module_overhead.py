@@ -64,16 +64,14 @@ def plain_run(cfg, batches) -> tuple[list[float], DGGGANModule]:
     module = build_module(cfg)  # same initial weights; used here as a bag of networks and loss functions
     (opt_g, opt_d), schedulers = module.configure_optimizers()
     module.train()
-    critics, times = module.critics, []
+    critics, times = list(module.critics.values()), []
     start = time.perf_counter()
     for batch in DataLoader(batches, batch_size=None):
         lr, hr = batch["lr"], batch["hr"]
         out = module.generator(lr)
         for update in range(cfg.optim.n_critic):
             module.generator.requires_grad_(False)
-            loss_d, _ = module._critic_objective(
-                out.sr.detach(), hr, module._noise_generator(hr.device, update)
-            )
+            loss_d, _ = module._critic_objective(out, hr, module._noise_generator(hr.device, update))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
@@ -109,7 +107,7 @@ def main() -> None:
         [
             "experiment=full",
             "model=dgggan_lite",
-            "loss.perceptual.weights=random",  # same cost as the ImageNet weights, none needed
+            "loss.terms.percept.loss.weights=random",  # same cost as the ImageNet weights, none needed
             f"hr_patch_size={args.hr_patch}",
             f"iterations={args.iterations}",
             "metrics.lpips=disabled",

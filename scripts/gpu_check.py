@@ -49,7 +49,7 @@ def throughput(precision: str, iterations: int, warmup: int, output_dir: str) ->
             "experiment=full",
             *COMMON,
             f"iterations={iterations}",
-            f"loss.perceptual.weights={weights}",
+            f"loss.terms.percept.loss.weights={weights}",
             f"trainer.precision={precision}",
             f"paths.output_dir={output_dir}",
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dgggan_pl.module import critics_enabled
+from dgggan_pl.objective import critic_inputs
 from dgggan_pl.train import derive_max_steps
 
 EXPERIMENTS = ["pretrain", "full", "demo"]
@@ -13,7 +13,7 @@ ABLATIONS = ["none", "no_grad", "no_se"]
 
 def test_full_is_the_paper(compose) -> None:
     cfg = compose(["experiment=full"])
-    weights = dict(cfg.loss.weights)
+    weights = {name: term.weight for name, term in cfg.loss.terms.items()}
     assert weights == {
         "percept": 1.0,
         "pixel": 0.01,
@@ -22,7 +22,8 @@ def test_full_is_the_paper(compose) -> None:
         "adv_grad": 0.005,
         "grad_branch": 0.5,
     }
-    assert cfg.loss.critic.gp_weight == 10.0 and cfg.loss.perceptual.layer == 35
+    assert cfg.loss.critic_loss.gp_weight == 10.0 and cfg.loss.terms.percept.loss.layer == 35
+    assert critic_inputs(cfg.loss) == {"image_critic": "sr", "gradient_critic": "sr_gradient"}
     assert cfg.optim.generator.lr == 1e-4 and list(cfg.optim.generator.betas) == [0.9, 0.999]
     assert cfg.optim.critic.lr == 1e-4 and cfg.optim.n_critic == 1
     assert list(cfg.optim.scheduler.milestones) == [50000, 100000, 200000, 300000]
@@ -39,18 +40,18 @@ def test_experiment_and_ablation_compose(compose, experiment, ablation) -> None:
     cfg = compose([f"experiment={experiment}", f"ablation={ablation}"])
     assert cfg.ablation.name == ablation
     assert "max_steps" not in cfg.trainer
-    weights = cfg.loss.weights
+    weights = {name: term.weight for name, term in cfg.loss.terms.items()}
     if ablation == "no_grad":
         assert cfg.model.gradient_critic is None and not cfg.model.generator.use_gradient_branch
-        assert weights.grad_img == weights.adv_grad == weights.grad_branch == 0
+        assert weights["grad_img"] == weights["adv_grad"] == weights["grad_branch"] == 0
     if experiment == "pretrain":
-        assert not critics_enabled(weights) and weights.percept == 0
+        assert not critic_inputs(cfg.loss) and weights["percept"] == 0
         assert derive_max_steps(cfg) == cfg.iterations
     else:
-        assert critics_enabled(weights)
+        assert critic_inputs(cfg.loss)
     if experiment == "demo":
         assert cfg.model.generator.channels == 32 and cfg.trainer.accelerator == "cpu"
-        assert weights.percept == 0  # theta = 0: no pretrained VGG19 needed
+        assert weights["percept"] == 0  # theta = 0: no pretrained VGG19 needed
         assert 0 < cfg.optim.gan_start_iteration < cfg.iterations
     smoke = compose([f"experiment={experiment}", f"ablation={ablation}", "debug=smoke"])
     assert smoke.iterations <= 8 and smoke.trainer.accelerator == "cpu"

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from dgggan_pl.module import DGGGANModule, NonFiniteLossError
+from dgggan_pl.objective import optimizer_steps
 
 LR_SIZE, SCALE = 8, 4  # debug=smoke crops: LR 8 -> HR 32
 
@@ -37,10 +38,9 @@ def loader(num_batches: int, nan: bool = False) -> DataLoader:
 def fit(
     module: DGGGANModule, iterations: int, callbacks: Sequence[Callback] = (), nan: bool = False
 ) -> Trainer:
-    steps_per_iteration = 1 + module.hparams.optim["n_critic"] if module.critics else 1
     trainer = Trainer(
         accelerator="cpu",
-        max_steps=iterations * steps_per_iteration,
+        max_steps=optimizer_steps(iterations, module.hparams.optim, module.hparams.loss),
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -100,8 +100,8 @@ def test_critic_updates_touch_only_critics_and_generator_updates_only_the_genera
 
 def test_pretrain_builds_no_critic_and_no_vgg(compose) -> None:
     module = build_module(compose, ["experiment=pretrain"])
-    assert module.image_critic is None and module.gradient_critic is None and module.critic_loss is None
-    assert "perceptual" not in module._frozen
+    assert module.image_critic is None and module.gradient_critic is None and module.critics == {}
+    assert module.objective.critic_loss is None and set(module.objective.terms) == {"pixel", "grad_branch"}
     optimizers, _ = module.configure_optimizers()
     assert len(optimizers) == 1
     recorder = UpdateRecorder()
@@ -110,10 +110,10 @@ def test_pretrain_builds_no_critic_and_no_vgg(compose) -> None:
 
 
 def test_no_grad_ablation_drops_the_gradient_branch_critic_and_weights(compose) -> None:
-    module = build_module(compose, ["ablation=no_grad", "loss.weights.percept=0"])
+    module = build_module(compose, ["ablation=no_grad", "loss.terms.percept.weight=0"])
     assert module.gradient_critic is None and module.image_critic is not None
     assert not module.generator.use_gradient_branch
-    assert (module.weights.grad_img, module.weights.adv_grad, module.weights.grad_branch) == (0, 0, 0)
+    assert set(module.objective.terms) == {"pixel", "adv"}  # mu = eps = eta = 0, theta = 0 here
     assert not any(
         key.startswith(("gradient_critic.", "generator.gradient_branch.")) for key in module.state_dict()
     )
@@ -123,15 +123,15 @@ def test_no_grad_ablation_drops_the_gradient_branch_critic_and_weights(compose) 
 
 
 def test_inconsistent_objective_is_refused(compose) -> None:
-    with pytest.raises(ValueError, match="loss.weights.adv_grad > 0 needs a model.gradient_critic"):
+    with pytest.raises(ValueError, match="loss.terms.adv_grad needs a model.gradient_critic config"):
         build_module(compose, ["model.gradient_critic=null"])
-    with pytest.raises(ValueError, match="use_gradient_branch"):
+    with pytest.raises(ValueError, match="loss.terms.grad_branch .* needs model.generator.use_gradient_branch"):
         build_module(compose, ["model.generator.use_gradient_branch=false"])
 
 
 def test_ema_follows_the_generator_and_is_checkpointed_without_frozen_networks(compose, tmp_path) -> None:
     decay = 0.5
-    module = build_module(compose, [f"optim.ema_decay={decay}", "loss.weights.percept=0"])
+    module = build_module(compose, [f"optim.ema_decay={decay}", "loss.terms.percept.weight=0"])
     start = snapshot(module.generator)
     trainer = fit(module, iterations=1)
     live, ema = snapshot(module.generator), snapshot(module.generator_ema)
@@ -152,7 +152,7 @@ def test_ema_follows_the_generator_and_is_checkpointed_without_frozen_networks(c
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(compose) -> None:
-    module = build_module(compose, ["optim.max_consecutive_nonfinite=3", "loss.weights.percept=0"])
+    module = build_module(compose, ["optim.max_consecutive_nonfinite=3", "loss.terms.percept.weight=0"])
     start = {name: snapshot(getattr(module, name)) for name in ("generator", "image_critic")}
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses"):
         fit(module, iterations=4, nan=True)
@@ -174,7 +174,7 @@ class ValidationCapture(Callback):
 
 def test_validation_runs_in_float32_under_bf16_mixed_training(compose) -> None:
     # the bicubic skip puts the untrained SR inside [0, 1], so the clamp does not hide differences
-    module = build_module(compose, ["loss.weights.percept=0", "model.generator.global_skip=bicubic"])
+    module = build_module(compose, ["loss.terms.percept.weight=0", "model.generator.global_skip=bicubic"])
     capture = ValidationCapture()
     trainer = Trainer(
         accelerator="cpu",
@@ -203,7 +203,7 @@ def test_validation_runs_in_float32_under_bf16_mixed_training(compose) -> None:
 
 
 def test_evaluation_refuses_weights_that_are_not_float32(compose) -> None:
-    module = build_module(compose, ["loss.weights.percept=0"])
+    module = build_module(compose, ["loss.terms.percept.weight=0"])
     trainer = Trainer(accelerator="cpu", precision="bf16-true", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="trainer.precision keeps the generator in torch.bfloat16"):
         trainer.validate(module, dataloaders=loader(1))
@@ -225,7 +225,7 @@ def test_set_names_come_from_the_constructor_and_match_the_datamodule(compose) -
 
 
 def test_validation_logs_under_the_given_set_names_without_a_datamodule(compose) -> None:
-    cfg = compose(["experiment=full", "debug=smoke", "metrics.lpips=disabled", "loss.weights.percept=0"])
+    cfg = compose(["experiment=full", "debug=smoke", "metrics.lpips=disabled", "loss.terms.percept.weight=0"])
     parts = {
         key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "optim", "metrics")
     }

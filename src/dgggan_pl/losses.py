@@ -1,6 +1,7 @@
-"""The terms of DGGGAN's objective (DESIGN.md §3, eq. 7 and 10), one small module each.
+"""The loss modules of DGGGAN's objective (paper eq. 7 and 10; docs/design.md#objective) that torch lacks.
 
-Weights live in `conf/loss/`; these modules compute unweighted terms so that every term can be logged as is.
+`conf/loss/` names each term's module, weight and input (`dgggan_pl.objective`); the L1 terms use
+`torch.nn.L1Loss` directly. These modules compute unweighted terms, so that every term is logged as is.
 Images are `(B, 3, H, W)` in [0, 1].
 """
 
@@ -15,8 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
-
-from dgggan_pl.models.gradient import gradient_magnitude
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,12 @@ def _load_vgg19_features(weights: PerceptualWeights) -> nn.Sequential:
     features = make_layers(cfgs[_VGG19_CONFIG])
     if weights == "random":
         log.warning(
-            "loss.perceptual.weights=random: the perceptual loss uses an UNTRAINED VGG19 (tests only; "
+            "loss.terms.percept.loss.weights=random: the perceptual loss uses an UNTRAINED VGG19 (tests only; "
             "its values mean nothing)"
         )
         return features
     if weights != "imagenet":
-        raise ValueError(f"loss.perceptual.weights must be 'imagenet' or 'random', got {weights!r}")
+        raise ValueError(f"loss.terms.percept.loss.weights must be 'imagenet' or 'random', got {weights!r}")
     path = vgg19_weights_path()
     try:
         state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)  # cache first, else download
@@ -56,7 +55,7 @@ def _load_vgg19_features(weights: PerceptualWeights) -> nn.Sequential:
             f"{path.name}), and they could not be loaded or downloaded ({type(error).__name__}: {error}). "
             f"Download {VGG19_Weights.IMAGENET1K_V1.url} on a machine with internet and copy it to {path}, "
             "or point TORCH_HOME at a folder holding hub/checkpoints/ with it. For tests only, "
-            "loss.perceptual.weights=random uses an untrained VGG19."
+            "loss.terms.percept.loss.weights=random uses an untrained VGG19."
         ) from error
     prefix = "features."
     features.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
@@ -90,27 +89,6 @@ class PerceptualLoss(nn.Module):
         return F.l1_loss(sr_features, hr_features)
 
 
-class PixelLoss(nn.Module):
-    """L_pixel = L1(SR, HR)."""
-
-    def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
-        return F.l1_loss(sr, hr)
-
-
-class ImageGradientLoss(nn.Module):
-    """L_grad_img = L1(G(SR), G(HR)) with the one gradient operator (the paper says L1; SPSR used MSE)."""
-
-    def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
-        return F.l1_loss(gradient_magnitude(sr), gradient_magnitude(hr))
-
-
-class GradientBranchLoss(nn.Module):
-    """L_grad_branch = L1(SR gradient map, G(HR)): supervises the gradient branch's own output."""
-
-    def forward(self, grad_map: Tensor, hr: Tensor) -> Tensor:
-        return F.l1_loss(grad_map, gradient_magnitude(hr))
-
-
 class WassersteinGeneratorLoss(nn.Module):
     """L_adv = -mean D(fake): the generator raises the critic's score of its output."""
 
@@ -119,7 +97,7 @@ class WassersteinGeneratorLoss(nn.Module):
 
 
 class GradientPenalty(nn.Module):
-    """WGAN-GP penalty lambda * mean((||grad_x D(x_hat)||_2 - 1)^2) (Gulrajani et al. 2017; DESIGN.md §3).
+    """WGAN-GP penalty lambda * mean((||grad_x D(x_hat)||_2 - 1)^2) (Gulrajani et al. 2017; docs/design.md#objective).
 
     x_hat is a per-sample random interpolation of real and (detached) fake. Computed in float32 with
     autocast off, so bf16 training keeps an exact penalty; the graph is kept (create_graph) so the

@@ -1,6 +1,7 @@
-"""DGGGANModule: the WGAN-GP training step, validation on benchmark sets, optimizers (DESIGN.md §3-4).
+"""DGGGANModule: the WGAN-GP training step, validation on benchmark sets, optimizers (docs/design.md).
 
-One iteration = `optim.n_critic` updates of both critics, then one generator update (manual optimization).
+One iteration = `optim.n_critic` updates of the critics, then one generator update (manual optimization); the
+objective (which terms, which critics) is `loss.terms`, see `dgggan_pl.objective`.
 Before `optim.gan_start_iteration` (and always when the config builds no critics, e.g. `experiment=pretrain`)
 an iteration is a single generator update without adversarial terms.
 """
@@ -12,7 +13,6 @@ import logging
 import random
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,15 +22,9 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from dgggan_pl.losses import (
-    GradientBranchLoss,
-    ImageGradientLoss,
-    PixelLoss,
-    WassersteinGeneratorLoss,
-)
 from dgggan_pl.metrics.suite import BenchmarkMetrics
 from dgggan_pl.models.generator import GeneratorOutput
-from dgggan_pl.models.gradient import gradient_magnitude
+from dgggan_pl.objective import Objective, Stats, check_model, critic_slots
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +35,13 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses: the run is diverging."""
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    """Eq. 7's weights: theta (percept), alpha (pixel), mu (grad_img), beta (adv), eps (adv_grad), eta (grad_branch)."""
-
-    percept: float
-    pixel: float
-    grad_img: float
-    adv: float
-    adv_grad: float
-    grad_branch: float
-
-
 class DGGGANModule(LightningModule):
     """Generator + image critic + gradient critic, trained with eq. 7 (generator) and eq. 10 (critics).
 
     Args (plain containers, e.g. `OmegaConf.to_container(cfg.model, resolve=True)`, so checkpoints hold no
     objects and load with `torch.load(weights_only=True)`):
-        model: `cfg.model`: `generator`, `image_critic`, `gradient_critic` `_target_` configs (critics may be null).
-        loss: `cfg.loss`: `weights` (eq. 7), `perceptual` and `critic` `_target_` configs.
+        model: `cfg.model`: `generator` and the critics' `_target_` configs (a critic no term uses may be null).
+        loss: `cfg.loss`: `terms` (eq. 7) and `critic_loss` (eq. 10); see `dgggan_pl.objective`.
         optim: `cfg.optim`: `generator`, `critic`, `scheduler` (`_partial_`), `n_critic`, `gan_start_iteration`,
             `ema_decay` (null = no EMA), `max_consecutive_nonfinite`.
         metrics: `cfg.metrics` (its `benchmark` node is a `_partial_` BenchmarkMetrics); null skips metrics.
@@ -83,29 +65,20 @@ class DGGGANModule(LightningModule):
         self.save_hyperparameters()
         self.val_sets, self.test_sets = list(val_sets), list(test_sets)
         self.automatic_optimization = False
-        self.weights = LossWeights(**loss["weights"])
         self.generator = instantiate(model["generator"])
-        self._check_objective(model)
-        # A critic exists only when its adversarial weight is > 0 (experiment=pretrain sets both to 0).
-        self.image_critic: nn.Module | None = (
-            instantiate(model["image_critic"]) if self.weights.adv > 0 else None
-        )
-        self.gradient_critic: nn.Module | None = (
-            instantiate(model["gradient_critic"]) if self.weights.adv_grad > 0 else None
-        )
+        check_model(loss, model, self.generator.use_gradient_branch)
+        self.objective = Objective(loss)
+        # A critic exists only while an adversarial term with weight > 0 names it (experiment=pretrain sets
+        # both to 0); every critic a term names keeps its attribute (None when unused) and state-dict prefix.
+        for name in critic_slots(loss):
+            if not name.isidentifier() or hasattr(self, name):
+                raise ValueError(
+                    f"loss.terms: critic name {name!r} must be a fresh identifier (a model.<name> key)"
+                )
+            setattr(self, name, instantiate(model[name]) if name in self.objective.critics else None)
         self.generator_ema: nn.Module | None = None
         if optim.get("ema_decay") is not None:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-        self.pixel_loss = PixelLoss()
-        self.image_gradient_loss = ImageGradientLoss()
-        self.gradient_branch_loss = GradientBranchLoss()
-        self.adversarial_loss = WassersteinGeneratorLoss()
-        self.critic_loss = instantiate(loss["critic"]) if self.critics else None
-        # Frozen networks (VGG19, LPIPS in the metrics) are kept out of the module tree: they are not trained,
-        # not synchronised by DDP, and not written into checkpoints. `_move_frozen` puts them on our device.
-        self._frozen: dict[str, nn.Module] = {}
-        if self.weights.percept > 0:
-            self._frozen["perceptual"] = instantiate(loss["perceptual"])
         # One BenchmarkMetrics per set, also kept out of the module tree; built here, so that what cannot be
         # computed is known before training (it warns itself about such metrics).
         self._metrics: dict[str, BenchmarkMetrics] = {}
@@ -115,27 +88,10 @@ class DGGGANModule(LightningModule):
         self.iteration = 0
         self._consecutive_nonfinite = 0
 
-    # ------------------------------------------------------------------ construction helpers
-    def _check_objective(self, model: Mapping[str, Any]) -> None:
-        """Refuse weight/architecture combinations that cannot mean what the config says."""
-        w = self.weights
-        needs = {
-            "loss.weights.adv > 0 needs a model.image_critic config": w.adv > 0
-            and not model.get("image_critic"),
-            "loss.weights.adv_grad > 0 needs a model.gradient_critic config (ablation=no_grad sets adv_grad=0)": (
-                w.adv_grad > 0 and not model.get("gradient_critic")
-            ),
-            "loss.weights.grad_branch > 0 needs model.generator.use_gradient_branch=true": (
-                w.grad_branch > 0 and not self.generator.use_gradient_branch
-            ),
-        }
-        problems = [message for message, bad in needs.items() if bad]
-        if problems:
-            raise ValueError("Inconsistent objective: " + "; ".join(problems))
-
     @property
-    def critics(self) -> list[nn.Module]:
-        return [c for c in (self.image_critic, self.gradient_critic) if c is not None]
+    def critics(self) -> dict[str, nn.Module]:
+        """The trained critics by name (`model.<name>`), in the order of their adversarial terms."""
+        return {name: getattr(self, name) for name in self.objective.critics}
 
     @property
     def gan_active(self) -> bool:
@@ -161,10 +117,9 @@ class DGGGANModule(LightningModule):
         out: GeneratorOutput = self.generator(lr)
 
         if self.gan_active:  # critic step(s): eq. 10 on the detached SR, the generator frozen
-            fake = out.sr.detach()
             for update in range(self.hparams.optim["n_critic"]):
                 noise = self._noise_generator(hr.device, update)
-                self._optimize(opt_d, partial(self._critic_objective, fake, hr, noise), "critic")
+                self._optimize(opt_d, partial(self._critic_objective, out, hr, noise), "critic")
 
         # generator step: eq. 7 through the just-updated critics, the critics frozen
         self._optimize(opt_g, partial(self._generator_objective, out, hr), "generator")
@@ -178,41 +133,14 @@ class DGGGANModule(LightningModule):
         return torch.Generator(device=device).manual_seed(seed)
 
     def _critic_objective(
-        self, sr: Tensor, hr: Tensor, noise: torch.Generator
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 10 for the image critic (on images) and the gradient critic (on G(.) maps), summed."""
-        loss, stats = sr.new_zeros(()), {}
-        if self.image_critic is not None:
-            loss_i, wdist, gp = self.critic_loss(self.image_critic, hr, sr, noise)
-            loss = loss + loss_i
-            stats |= {"critic_wdist": wdist, "gp": gp, "loss_d": loss_i.detach()}
-        if self.gradient_critic is not None:
-            loss_g, wdist_g, gp_g = self.critic_loss(
-                self.gradient_critic, gradient_magnitude(hr), gradient_magnitude(sr), noise
-            )
-            loss = loss + loss_g
-            stats |= {"critic_grad_wdist": wdist_g, "gp_grad": gp_g, "loss_d_grad": loss_g.detach()}
-        return loss, stats
+        self, out: GeneratorOutput, hr: Tensor, noise: torch.Generator
+    ) -> tuple[Tensor, Stats]:
+        """Eq. 10 for every critic on the pair its adversarial term compares (the SR detached), summed."""
+        return self.objective.critics_loss(out, hr, self.critics, noise)
 
-    def _generator_objective(self, out: GeneratorOutput, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 7: weighted sum of the active terms; each unweighted term is returned for logging."""
-        w, sr = self.weights, out.sr
-        terms: dict[str, tuple[float, Tensor]] = {"loss_pixel": (w.pixel, self.pixel_loss(sr, hr))}
-        if w.percept > 0:
-            terms["loss_percept"] = (w.percept, self._frozen["perceptual"](sr, hr))
-        if w.grad_img > 0:
-            terms["loss_grad_img"] = (w.grad_img, self.image_gradient_loss(sr, hr))
-        if w.grad_branch > 0:
-            terms["loss_grad_branch"] = (w.grad_branch, self.gradient_branch_loss(out.grad_map, hr))
-        if self.gan_active:
-            if self.image_critic is not None:
-                terms["loss_adv"] = (w.adv, self.adversarial_loss(self.image_critic(sr)))
-            if self.gradient_critic is not None:
-                scores = self.gradient_critic(gradient_magnitude(sr))
-                terms["loss_adv_grad"] = (w.adv_grad, self.adversarial_loss(scores))
-        loss = sum(weight * term for weight, term in terms.values())
-        stats = {name: term.detach() for name, (_, term) in terms.items()} | {"loss_g": loss.detach()}
-        return loss, stats
+    def _generator_objective(self, out: GeneratorOutput, hr: Tensor) -> tuple[Tensor, Stats]:
+        """Eq. 7: the weighted sum of the configured terms (adversarial ones once the GAN phase runs)."""
+        return self.objective.generator_loss(out, hr, self.critics, adversarial=self.gan_active)
 
     def _optimize(
         self, optimizer: Any, objective: Callable[[], tuple[Tensor, dict[str, Tensor]]], name: str
@@ -271,14 +199,15 @@ class DGGGANModule(LightningModule):
         optim = self.hparams.optim
         optimizers = [instantiate(optim["generator"])(self.generator.parameters())]
         if self.critics:
-            critic_params = [p for critic in self.critics for p in critic.parameters()]
+            critic_params = [p for critic in self.critics.values() for p in critic.parameters()]
             optimizers.append(instantiate(optim["critic"])(critic_params))
         schedulers = [instantiate(optim["scheduler"])(o) for o in optimizers]
         return optimizers, schedulers
 
     # ------------------------------------------------------------------ validation and test
     def _move_frozen(self) -> None:
-        for network in [*self._frozen.values(), *self._metrics.values()]:
+        self.objective.to(self.device)
+        for network in self._metrics.values():
             network.to(self.device)
 
     def on_fit_start(self) -> None:
@@ -365,11 +294,6 @@ class DGGGANModule(LightningModule):
         self.iteration = int(state["iteration"])
         self._consecutive_nonfinite = int(state["consecutive_nonfinite"])
         restore_rng_state(state["rng"])
-
-
-def critics_enabled(weights: Mapping[str, float]) -> bool:
-    """Whether a config trains any critic: a critic exists only for an adversarial weight > 0."""
-    return weights["adv"] > 0 or weights["adv_grad"] > 0
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -32,7 +32,8 @@ from dgggan_pl.data.datamodule import per_process_batch
 from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavailable
 from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.suite import METRICS
-from dgggan_pl.module import DGGGANModule, critics_enabled
+from dgggan_pl.module import DGGGANModule
+from dgggan_pl.objective import optimizer_steps
 from dgggan_pl.runs import (
     RESUME_PREFIX,
     ResumeError,
@@ -57,18 +58,10 @@ register_resolvers()  # conf/hydra's run.dir and output_subdir use them (resume=
 
 
 def derive_max_steps(cfg: DictConfig) -> int:
-    """Trainer.max_steps for `cfg.iterations`: Lightning counts every optimizer.step (feasibility.md §2).
-
-    A GAN iteration steps the critic optimizer n_critic times and the generator once; a generator-only
-    iteration (no critics, or before optim.gan_start_iteration) steps once.
-    """
+    """Trainer.max_steps for `cfg.iterations`: Lightning counts every optimizer.step (`optimizer_steps`)."""
     if cfg.trainer.get("max_steps") is not None:
         raise ConfigError(MAX_STEPS_MESSAGE)
-    iterations = int(cfg.iterations)
-    if not critics_enabled(cfg.loss.weights):
-        return iterations
-    warmup = min(int(cfg.optim.gan_start_iteration), iterations)
-    return warmup + (iterations - warmup) * (1 + int(cfg.optim.n_critic))
+    return optimizer_steps(int(cfg.iterations), cfg.optim, cfg.loss)
 
 
 def unavailable_metrics(metrics_cfg: DictConfig | None) -> dict[str, str]:
