@@ -125,7 +125,9 @@ def test_no_grad_ablation_drops_the_gradient_branch_critic_and_weights(compose) 
 def test_inconsistent_objective_is_refused(compose) -> None:
     with pytest.raises(ValueError, match="loss.terms.adv_grad needs a model.gradient_critic config"):
         build_module(compose, ["model.gradient_critic=null"])
-    with pytest.raises(ValueError, match="loss.terms.grad_branch .* needs model.generator.use_gradient_branch"):
+    with pytest.raises(
+        ValueError, match="loss.terms.grad_branch .* needs model.generator.use_gradient_branch"
+    ):
         build_module(compose, ["model.generator.use_gradient_branch=false"])
 
 
@@ -235,3 +237,31 @@ def test_validation_logs_under_the_given_set_names_without_a_datamodule(compose)
     assert {key for result in results for key in result} >= {"val/First/psnr", "val/Second/ssim"}
     with pytest.raises(ValueError, match="val_sets=\\['First', 'Second'\\] but the trainer has 1"):
         trainer.validate(module, dataloaders=loader(1))
+
+
+def test_critic_learning_rate_is_its_own_setting(compose) -> None:
+    module = build_module(compose, ["optim.generator.lr=5e-4", "loss.terms.percept.weight=0"])
+    (opt_g, opt_d), _ = module.configure_optimizers()
+    assert opt_g.param_groups[0]["lr"] == 5e-4 and opt_d.param_groups[0]["lr"] == 1e-4  # paper's critic rate
+
+
+def test_critic_updates_of_one_iteration_reuse_its_batch_with_fresh_penalty_noise(
+    compose, one_torch_thread
+) -> None:
+    module = build_module(compose, ["optim.n_critic=3", "loss.terms.percept.weight=0"])
+    calls: list[tuple[str, torch.Tensor, torch.Tensor, int]] = []
+    critic_loss = module.objective.critic_loss
+    names = {id(critic): name for name, critic in module.critics.items()}
+
+    def recording(critic, real, fake, noise):
+        calls.append((names[id(critic)], real.clone(), fake.clone(), noise.initial_seed()))
+        return critic_loss(critic, real, fake, noise)
+
+    module.objective.critic_loss = recording
+    fit(module, iterations=2)
+    image = [call for call in calls if call[0] == "image_critic"]
+    assert len(image) == 2 * 3 and len(calls) == 2 * 3 * 2
+    for first, *others in (image[:3], image[3:]):  # within an iteration: the same real batch and SR
+        assert all(torch.equal(first[1], o[1]) and torch.equal(first[2], o[2]) for o in others)
+        assert len({first[3], *(o[3] for o in others)}) == 3  # each update draws its own interpolation
+    assert not torch.equal(image[0][1], image[3][1])  # the next iteration reads the next batch
