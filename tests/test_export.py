@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,82 @@ def test_export_ema_to_safetensors_and_onnx(tiny_generator_checkpoint, tmp_path:
     plain = tiny_generator_checkpoint("plain.ckpt")
     assert main([str(plain), "--ema", "--output-dir", str(out), "--no-onnx"]) == 2
     assert "plain.ckpt: no EMA weights" in capsys.readouterr().err
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+
+
+def test_default_weights_follow_the_checkpoint(tiny_generator_checkpoint, tmp_path: Path, capsys) -> None:
+    """Default: EMA when present (as upscale); --no-ema takes the raw weights."""
+    checkpoint = tiny_generator_checkpoint(ema=True)
+    out = tmp_path / "out"
+    assert main([str(checkpoint), "--out-dir", str(out), "--no-onnx"]) == 0
+    assert "(EMA weights)" in capsys.readouterr().out
+    assert json.loads((out / "tiny_ema.json").read_text())["ema"] is True
+    assert main([str(checkpoint), "--no-ema", "--out-dir", str(out), "--no-onnx"]) == 0
+    assert "(raw weights)" in capsys.readouterr().out
+    assert json.loads((out / "tiny.json").read_text())["ema"] is False
+    plain = tiny_generator_checkpoint("plain.ckpt")  # no EMA: the default falls back to the raw weights
+    assert main([str(plain), "--out-dir", str(out), "--no-onnx"]) == 0
+    assert json.loads((out / "plain.json").read_text())["ema"] is False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_unwritable_output_folder_is_one_line(
+    tiny_generator_checkpoint, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    checkpoint = tiny_generator_checkpoint()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main([str(checkpoint), "--out-dir", str(blocker / "sub"), "--no-onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to {blocker / 'sub'}") and err.count("\n") == 1
+
+    # A folder that refuses writes (as a read-only one does for a non-root user): os.replace fails mid-export.
+    def refuse(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    out = tmp_path / "ro"
+    monkeypatch.setattr(os, "replace", refuse)
+    assert main([str(checkpoint), "--out-dir", str(out), "--no-onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write to {out} (Permission denied); choose another --out-dir\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_one_line(tiny_generator_checkpoint, tmp_path: Path, capsys) -> None:
+    checkpoint = tiny_generator_checkpoint()
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    assert main([str(checkpoint), "--out-dir", str(out), "--no-onnx"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write to {out}")
+
+
+def test_onnx_matches_pytorch_with_a_bicubic_global_skip(
+    tiny_generator_checkpoint, tmp_path: Path, capsys
+) -> None:
+    """Also: progress lines during the ONNX step, and one file mode for all outputs (.safetensors was 0600)."""
+    checkpoint = tiny_generator_checkpoint("skip.ckpt", global_skip="bicubic")
+    out = tmp_path / "out"
+    assert main([str(checkpoint), "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"onnx {i}/3: " in printed for i in (1, 2, 3)) and "onnx done in" in printed
+    modes = _modes(out)
+    assert sorted(modes) == ["skip.json", "skip.onnx", "skip.safetensors"]
+    assert set(modes.values()) == {0o666 & ~_umask()}, modes
+    generator, _ = load_generator(checkpoint)
+    assert generator.global_skip == "bicubic"
+    session = onnxruntime.InferenceSession(str(out / "skip.onnx"), providers=["CPUExecutionProvider"])
+    lr = torch.rand(1, 3, 13, 10, generator=torch.Generator().manual_seed(1))  # a size the exporter never saw
+    sr, _ = session.run(None, {"lr": lr.numpy()})
+    with torch.no_grad():
+        expected = generator(lr).sr.numpy()
+    # The skip makes the output image-sized (~0.5), so this also checks the bicubic part, not just the residual.
+    assert np.abs(expected).max() > 0.1 and np.abs(sr - expected).max() <= 1e-4

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dgggan_pl.methods import checkpoint_info
 from dgggan_pl.utils.atomic import atomic_path
 from dgggan_pl.weights import (
     CKPT_SUFFIX,
@@ -37,6 +40,7 @@ ONNX_CHECK_RTOL = 1e-3
 ONNX_CHECK_SHAPES = ((1, 3, 24, 32), (2, 3, 17, 11))  # two sizes and batches: proves the axes are dynamic
 ONNX_CHECK_SEED = 0
 EXIT_ERROR = 2
+ONNX_STAGES = ("exporting the graph (torch.export)", "saving", "checking against PyTorch with onnxruntime")
 
 
 class ExportError(RuntimeError):
@@ -55,11 +59,18 @@ class _OnnxGenerator(nn.Module):
         return (output.sr,) if output.grad_map is None else (output.sr, output.grad_map)
 
 
+def _stage(step: int, text: str) -> float:
+    """Print one progress line of the ONNX step (the full model takes ~30 s) and return the start time."""
+    print(f"onnx {step}/{len(ONNX_STAGES)}: {text} ...", flush=True)
+    return time.perf_counter()
+
+
 def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None) -> dict[str, float]:
     """Export `generator` to `path` with dynamic batch/H/W, check it with onnxruntime, then move it in place.
 
-    Returns the max absolute difference to PyTorch per check shape. Raises `ExportError` (and writes
-    nothing) when it exceeds min(`ONNX_CHECK_ATOL`, `ONNX_CHECK_RTOL` x max |PyTorch output|).
+    Prints a line per stage (export, save, check). Returns the max absolute difference to PyTorch per check
+    shape. Raises `ExportError` (and writes nothing) when it exceeds min(`ONNX_CHECK_ATOL`, `ONNX_CHECK_RTOL`
+    x max |PyTorch output|).
     """
     path = Path(path)
     wrapper = _OnnxGenerator(generator.cpu()).eval()
@@ -68,13 +79,18 @@ def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None
     height, width = (torch.export.Dim(n, min=ONNX_MIN_SIZE) for n in ("height", "width"))
     outputs = list(ONNX_OUTPUTS[: len(wrapper(sample))])
     dynamic = {"lr": {0: batch, 2: height, 3: width}}
+    started = _stage(1, ONNX_STAGES[0])
     program = torch.onnx.export(
         wrapper, (sample,), dynamo=True, input_names=[ONNX_INPUT], output_names=outputs,
         dynamic_shapes=dynamic, opset_version=opset, verbose=False,
     )  # fmt: skip
     with atomic_path(path) as tmp:
+        _stage(2, ONNX_STAGES[1])
         program.save(str(tmp), external_data=False)  # one self-contained file (the C=64 model is ~60 MB)
-        return check_onnx(wrapper, tmp, name=path)
+        _stage(3, ONNX_STAGES[2])
+        gaps = check_onnx(wrapper, tmp, name=path)
+    print(f"onnx done in {time.perf_counter() - started:.1f} s", flush=True)
+    return gaps
 
 
 def check_onnx(wrapper: nn.Module, onnx_path: Path, name: Path) -> dict[str, float]:
@@ -111,12 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("weights", type=Path, help="a Lightning .ckpt written by training")
     parser.add_argument(
         "--ema",
-        action="store_true",
-        help="export the EMA generator (error if the checkpoint has none); default: raw",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export the EMA generator (--ema, error if the checkpoint has none) or the raw one (--no-ema); "
+        "default: EMA when the checkpoint has it (as upscale)",
     )
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: the folder of WEIGHTS")
     parser.add_argument(
-        "--name", default=None, help="file stem of the outputs; default: WEIGHTS' stem (+ '_ema')"
+        "--out-dir",
+        "--output-dir",
+        dest="out_dir",
+        type=Path,
+        default=None,
+        help="default: the folder of WEIGHTS",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="file stem of the outputs; default: WEIGHTS' stem (+ '_ema' for EMA weights)",
     )
     parser.add_argument("--no-onnx", action="store_true", help="write only safetensors + JSON")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset; default: the exporter's")
@@ -124,13 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def writable_dir_error(out_dir: Path) -> str | None:
+    """Why `out_dir` cannot take the outputs (None when it can): checked before the slow steps."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        return f"cannot write to {out_dir} ({error.strerror or error}); choose another --out-dir"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.weights.suffix.lower() != CKPT_SUFFIX:
         parser.error(f"{args.weights}: export reads a training {CKPT_SUFFIX} checkpoint")
-    out_dir = args.output_dir or args.weights.parent
-    name = args.name or (args.weights.stem + ("_ema" if args.ema else ""))
+    out_dir = args.out_dir or args.weights.parent
+    try:
+        use_ema = checkpoint_info(args.weights)[1] if args.ema is None else args.ema
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    name = args.name or (args.weights.stem + ("_ema" if use_ema else ""))
     targets = [out_dir / f"{name}.safetensors", out_dir / f"{name}.json"]
     if not args.no_onnx:
         targets.append(out_dir / f"{name}.onnx")
@@ -138,10 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if existing and not args.overwrite:
         print(f"error: {', '.join(existing)} exist; use --overwrite to replace them", file=sys.stderr)
         return EXIT_ERROR
+    problem = writable_dir_error(out_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     try:
-        generator, config = load_generator(args.weights, use_ema=args.ema)
-        save_generator_safetensors(generator, config, targets[0], ema=args.ema)
-        print(f"wrote {targets[0]} and {targets[1]}")
+        generator, config = load_generator(args.weights, use_ema=use_ema)
+        save_generator_safetensors(generator, config, targets[0], ema=use_ema)
+        print(f"wrote {targets[0]} and {targets[1]} ({'EMA' if use_ema else 'raw'} weights)")
         if not args.no_onnx:
             gaps = export_onnx(generator, targets[2], args.opset)
             checks = ", ".join(f"{shape}: {gap:.1e}" for shape, gap in gaps.items())
@@ -151,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except (WeightsError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:  # e.g. the folder became read-only or the disk is full mid-export
+        print(
+            f"error: cannot write to {out_dir} ({error.strerror or error}); choose another --out-dir",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return 0
 

@@ -61,16 +61,27 @@ def bicubic_upscaler(scale: int) -> Upscaler:
     return upscale
 
 
+def checkpoint_info(path: Path) -> tuple[int | None, bool]:
+    """`(iteration, has EMA weights)` of a training `.ckpt` (iteration None when it was not recorded)."""
+    from dgggan_pl.weights import EMA_PREFIX, WeightsError
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - unreadable or unsafe: load_generator gives the full reason
+        raise WeightsError(f"{path}: not a readable training checkpoint ({type(error).__name__})") from None
+    state = checkpoint.get(CKPT_STATE_KEY) or {}
+    iteration = state.get("iteration", checkpoint.get("global_step"))
+    has_ema = any(k.startswith(EMA_PREFIX) for k in checkpoint.get("state_dict", {}))
+    return (None if iteration is None else int(iteration)), has_ema
+
+
 def checkpoint_source(path: Path, use_ema: bool | None) -> str:
     """`"<file>, iteration N, EMA"`: which checkpoint a row comes from (iteration from a training .ckpt)."""
     parts = [str(path)]
     if path.suffix.lower() == ".ckpt":
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        state = checkpoint.get(CKPT_STATE_KEY) or {}
-        iteration = state.get("iteration", checkpoint.get("global_step"))
+        iteration, has_ema = checkpoint_info(path)
         if iteration is not None:
-            parts.append(f"iteration {int(iteration)}")
-        has_ema = any(k.startswith("generator_ema.") for k in checkpoint.get("state_dict", {}))
+            parts.append(f"iteration {iteration}")
         parts.append("EMA" if (has_ema if use_ema is None else use_ema) else "raw weights")
     return ", ".join(parts)
 

@@ -35,6 +35,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     try:
         tmp.chmod(0o666 & ~_umask())
         yield tmp
+        tmp.chmod(0o666 & ~_umask())  # again: writers such as safetensors recreate the file (0600)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
