@@ -369,3 +369,25 @@ def test_ddp_two_ranks_see_disjoint_shards(sample_cfg: DictConfig, tmp_path: Pat
     val = sorted(name for rank in seen for _, name in rank["val"])
     assert val == ["chelsea", "coffee", "rocket"]
     assert len(seen[0]["train"]) == len(seen[1]["train"]) == 4
+
+
+def test_batch_size_is_global_and_split_over_processes(sample_cfg: DictConfig) -> None:
+    """data.batch_size=4 on 2 processes: 2 crops per process per iteration, 4 in all (the paper's batch)."""
+    from types import SimpleNamespace
+
+    from dgggan_pl.data.datamodule import per_process_batch
+    from dgggan_pl.validation import ConfigError
+
+    batches = []
+    for rank in (0, 1):
+        datamodule = instantiate(sample_cfg.data, samples_per_epoch=8, batch_size=4)
+        datamodule.trainer = SimpleNamespace(
+            distributed_sampler_kwargs={"num_replicas": 2, "rank": rank}, overfit_batches=0
+        )
+        batches.append(next(iter(datamodule.train_dataloader())))
+    assert [len(batch["name"]) for batch in batches] == [2, 2]
+    assert per_process_batch(16, 8) == 2 and per_process_batch(16, 1) == 16
+    with pytest.raises(ConfigError, match=r"data.batch_size=3 \(the global batch\) does not divide over 2"):
+        per_process_batch(3, 2)
+    with pytest.raises(InstantiationException, match="data.batch_size=0: must be a positive global batch"):
+        instantiate(sample_cfg.data, batch_size=0)

@@ -57,15 +57,30 @@ def logged_keys(records: list) -> tuple[set[str], dict[str, object]]:
     return history, summary
 
 
+def history_rows(records: list) -> list[dict[str, object]]:
+    """Every logged row as {key: value} (media rows hold their JSON description)."""
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            rows.append(
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
+    return rows
+
+
 def test_offline_wandb_run_holds_training_and_validation_keys(
     compose, tmp_path, monkeypatch, caplog, data_dir
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     niqe_model = data_dir / "iqa-models" / "niqe_release" / "modelparameters.mat"
-    overrides = ["experiment=pretrain", "debug=smoke", "logger=wandb", f"paths.output_dir={tmp_path}"]
+    # experiment=full: 2 optimizer steps per iteration, so optimizer steps and iterations differ
+    overrides = ["experiment=full", "debug=smoke", "logger=wandb", f"paths.output_dir={tmp_path}"]
     overrides.append(f"metrics.niqe_model_path={niqe_model}")
-    train(compose([*overrides, "data.test_sources={}"]))
+    train(compose(overrides))
     assert "wandb sync" in caplog.text  # the one-line note on how to sync
 
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
@@ -76,6 +91,21 @@ def test_offline_wandb_run_holds_training_and_validation_keys(
     assert "val/Sample/niqe" in history  # the shared LIVE pristine model
     assert "val/Sample/pi" not in history  # unavailable here (no Ma model): reported, never faked
     assert summary["model/generator_params"] > 0
+    assert summary["data/global_batch"] == 2 and summary["data/per_process_batch"] == 2
+    # the reasons for missing metrics are in the run, once (no Ma model here)
+    assert summary["metrics_unavailable/pi"] and summary["metrics_unavailable/ma"]
+    assert "metrics_unavailable/niqe" not in summary  # computed here
+
+    # one step axis: every row carries trainer/iteration, W&B's x-axis (trainer/global_step) equals it and
+    # never goes back: train rows 1..4, validation and panels at 2 and 4, the two test rows at 4
+    rows = history_rows(read_records(run_file))
+    assert rows and all(row["trainer/global_step"] == row["trainer/iteration"] for row in rows)
+    axis = [row["trainer/global_step"] for row in rows]
+    assert axis == sorted(axis) and axis[-1] == 4
+    panel_rows = [row for row in rows if any(key.startswith("val/panels") for key in row)]
+    assert [row["trainer/iteration"] for row in panel_rows] == [2, 4]
+    assert [row["trainer/iteration"] for row in rows if "val/Sample/psnr" in row] == [2, 4]
+    assert [row["trainer/iteration"] for row in rows if "train/loss_g" in row] == [1, 2, 3, 4]
     assert list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/panels_*.png"))
     # forcing W&B offline must not change the recorded config: rank records and run_info agree
     info = json.loads((tmp_path / "run_info.json").read_text())

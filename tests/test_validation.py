@@ -1,0 +1,102 @@
+"""Bad values are refused before a run starts, in one line naming the key and what to do."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgggan_pl.callbacks import checkpoint as checkpoint_module
+from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
+from dgggan_pl.train import train
+from dgggan_pl.validation import ConfigError, check_config
+
+SMOKE = ["experiment=full", "debug=smoke", "logger=csv"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "advice"),
+    [
+        ("iterations=0", "iterations=0", "must be > 0"),
+        ("iterations=-3", "iterations=-3", "must be > 0"),
+        ("data.batch_size=0", "data.batch_size=0", "global batch"),
+        ("optim.generator.lr=-1", "optim.generator.lr=-1", "must be > 0"),
+        ("trainer.max_steps=10", "trainer.max_steps", "set iterations=N instead"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line_before_anything_is_written(
+    compose, tmp_path, override, key, advice
+) -> None:
+    cfg = compose([*SMOKE, override, f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError) as caught:
+        train(cfg)
+    message = str(caught.value)
+    assert key in message and advice in message and "\n" not in message
+    assert not (tmp_path / "run").exists()  # no record, no config, no log folder
+
+
+def test_ddp_without_gpus_points_to_ddp_cpu(compose) -> None:
+    cfg = compose(["trainer=ddp", "paths.output_dir=unused"])
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu.*use trainer=ddp_cpu"):
+        check_config(cfg, cuda_available=False)
+    check_config(cfg, cuda_available=True)  # the same config is fine where a GPU is visible
+    check_config(compose(["trainer=ddp_cpu", "paths.output_dir=unused"]), cuda_available=False)
+
+
+def test_the_command_line_prints_one_line_and_no_traceback(tmp_path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dgggan_pl.train",
+            *SMOKE,
+            "iterations=0",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: iterations=0: must be > 0"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_disk_full_during_a_checkpoint_save_says_no_space_left(tmp_path, monkeypatch) -> None:
+    """torch.save on a full disk raises `inline_container.cc ... unexpected pos`; we name the cause and path."""
+
+    class FullDisk(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    @contextmanager
+    def full_disk(path, mode):
+        yield FullDisk()
+
+    monkeypatch.setattr(checkpoint_module, "atomic_open", full_disk)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(OSError, match="no space left on device while writing checkpoint") as caught:
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.zeros(4096)}, path)
+    assert caught.value.errno == errno.ENOSPC and str(path) in str(caught.value)
+    assert "unexpected pos" in str(caught.value.__cause__)  # really torch's own failure underneath
+
+
+def test_other_save_errors_are_not_called_a_full_disk(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        AtomicCheckpointIO().save_checkpoint({}, Path(tmp_path) / "last.ckpt")
