@@ -5,6 +5,7 @@ The stateful training loader (`dgggan_pl.data.sampling.ResumableLoader`) makes t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,82 @@ def test_resume_from_last_is_bit_identical(compose, tmp_path, samples_per_epoch,
     assert not different, f"weights differ after resume: {different[:5]}"
     # and the resumed half really trained: weights moved since the checkpoint it started from
     assert any(not torch.equal(half["state_dict"][key], state[key]) for key in state)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KILL_AT_SAVE = 4  # saves: best-2, last@2, best-4, last@4 <- killed while writing this one
+SHRINK = [  # appended to the README's command: the same tiny run as the killed one
+    "debug=smoke",
+    "logger=csv",
+    "iterations=6",
+    "trainer.val_check_interval=2",
+    "metrics.lpips=disabled",
+    "data.test_sources={}",
+]
+KILLED_RUN = f"""
+import os, signal, sys
+import torch
+real_save, calls = torch.save, [0]
+def save(obj, file, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == {KILL_AT_SAVE}:
+        file.write(b"partial")
+        file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the checkpoint write
+    return real_save(obj, file, *args, **kwargs)
+torch.save = save
+from dgggan_pl.train import main
+sys.argv = ["dgggan_pl.train", *sys.argv[1:]]
+main()
+"""
+
+
+def readme_resume_command() -> list[str]:
+    """The README's `resume=latest` line, as a user would copy it (comment stripped)."""
+    import shlex
+
+    (line,) = [
+        line for line in README.read_text().splitlines() if "resume=latest" in line and "python" in line
+    ]
+    return shlex.split(line.split("#", 1)[0])
+
+
+@pytest.mark.slow
+def test_readme_resume_after_kill_9_during_a_checkpoint_save(tmp_path) -> None:
+    import csv
+    import subprocess
+    import sys
+
+    command = readme_resume_command()
+    assert command[:3] == ["python", "-m", "dgggan_pl.train"] and "resume=latest" in command
+    experiment = [arg for arg in command[3:] if arg != "resume=latest"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, *experiment, *SHRINK],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=1200,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (run,) = (tmp_path / "outputs").glob("*/runs/*")
+    assert list((run / "checkpoints").glob(".*.tmp"))  # the interrupted write left its temp file
+
+    resumed = subprocess.run(
+        [sys.executable, *command[1:], *SHRINK], cwd=tmp_path, capture_output=True, text=True, timeout=1200
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run folder (completed): {run.resolve()}" in resumed.stdout
+    assert list((tmp_path / "outputs").glob("*/runs/*")) == [run]  # resumed in place, no new folder
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert (run / ".hydra" / "overrides.yaml").is_file() and list(
+        (run / ".hydra").glob("resume-*/config.yaml")
+    )
+    assert "resume=latest" not in (run / ".hydra" / "overrides.yaml").read_text()  # the start's record kept
+
+    (log_dir,) = (run / "csv").iterdir()  # one log folder, continued
+    with (log_dir / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows if row["train/loss_g"]] == [1, 2, 3, 4, 5, 6]
+    assert [int(row["step"]) for row in rows if row["val/Sample/psnr"]] == [2, 4, 6]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "completed"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["dgggan"]["iteration"] == 6

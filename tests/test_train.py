@@ -55,7 +55,9 @@ def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
     rank = json.loads((output_dir / "ranks" / "rank0.json").read_text())
     assert rank["world_size"] == 1 and rank["config_sha256"] == info["config_sha256"]
     resolved = OmegaConf.load(output_dir / "config_resolved.yaml")
-    assert resolved.loss.terms.adv.weight == 0 and "${" not in (output_dir / "config_resolved.yaml").read_text()
+    assert (
+        resolved.loss.terms.adv.weight == 0 and "${" not in (output_dir / "config_resolved.yaml").read_text()
+    )
     assert list((output_dir / "panels").glob("*.png"))
 
     # the selected and the last checkpoint are both tested and recorded; the PSNR stage selects on PSNR
@@ -93,7 +95,12 @@ def test_gan_experiments_smoke_run(compose, tmp_path, experiment) -> None:
         "train/image_critic/wdist",
         "train/image_critic/gp",
     }
-    expected |= {"train/gradient_critic/wdist", "train/gradient_critic/gp", "train/loss_g", "train/loss_pixel"}
+    expected |= {
+        "train/gradient_critic/wdist",
+        "train/gradient_critic/gp",
+        "train/loss_g",
+        "train/loss_pixel",
+    }
     if experiment == "full":
         expected.add("train/loss_percept")
     assert expected <= csv_columns(tmp_path)
@@ -176,3 +183,41 @@ def test_bf16_autocast_smoke_run_keeps_a_finite_penalty(compose, tmp_path) -> No
         key = "train/image_critic/gp"
         penalties = [float(row[key]) for row in csv.DictReader(file) if row.get(key)]
     assert len(penalties) == 4 and all(torch.isfinite(torch.tensor(penalties)))
+
+
+def test_a_finished_run_survives_a_bad_resume(compose, pretrain_run, tmp_path) -> None:
+    """A typo in ckpt_path touches nothing; a resume that fails keeps the completed record and configs."""
+    import shutil
+
+    from dgggan_pl.runs import ResumeError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrain_run[0], run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    base = ["experiment=pretrain", *SMOKE, f"paths.output_dir={run_dir}"]
+    with pytest.raises(ResumeError, match="ckpt_path=checkpoints/lats.ckpt: no checkpoint"):
+        train(compose([*base, "ckpt_path=checkpoints/lats.ckpt"]))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    with pytest.raises(InstantiationException, match="injection_blocks"):
+        train(compose([*base, f"resume={run_dir}", "model.generator.injection_blocks=[7]"]))
+    assert (run_dir / "run_info.json").read_bytes() == before[run_dir / "run_info.json"]
+    assert (run_dir / "config_resolved.yaml").read_bytes() == before[run_dir / "config_resolved.yaml"]
+    (failed,) = run_dir.glob("run_info.failed-*.json")
+    assert json.loads(failed.read_text())["status"] == "failed"
+    assert not list(run_dir.glob("run_info.attempt-*.json"))
+    assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]  # no empty version folder
+    assert len(list(run_dir.glob("config_resolved.resume-*.yaml"))) == 1  # the attempt's own config, beside
+
+
+def test_a_width_mismatch_in_init_from_is_summarised(compose, tiny_generator_checkpoint) -> None:
+    path = tiny_generator_checkpoint(channels=8)
+    with pytest.raises(WeightsError) as caught:
+        build_module(
+            compose(
+                ["experiment=full", "debug=smoke", "model.generator.channels=16", f"model.init_from={path}"]
+            )
+        )
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 600, message
+    assert "tensors have other shapes" in message and "more" in message and str(path) in message

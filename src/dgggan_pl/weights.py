@@ -37,6 +37,7 @@ from dgggan_pl.utils.atomic import atomic_path
 ALLOWED_TARGET_PREFIX = "dgggan_pl.models."
 CKPT_SUFFIX = ".ckpt"
 SAFETENSORS_SUFFIX = ".safetensors"
+SHOWN_KEYS = 3  # keys quoted per kind in a mismatch message
 SIDECAR_SUFFIX = ".json"
 SIDECAR_FORMAT = "dgggan-pl-generator"
 SIDECAR_VERSION = 1
@@ -112,18 +113,31 @@ def build_generator(config: Mapping[str, Any], source: str | os.PathLike) -> DGG
     return generator
 
 
+def _some(keys: list[str]) -> str:
+    """The first few keys and how many more: a width mismatch otherwise prints every tensor name."""
+    shown = keys[:SHOWN_KEYS]
+    more = f" and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+    return f"{shown}{more}" if keys else "none"
+
+
 def load_state_dict_strict(
     module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike
 ) -> None:
-    """Load every tensor or fail, naming the file and the missing/unexpected keys (never drop keys)."""
-    try:
-        result = module.load_state_dict(dict(state), strict=False)
-    except RuntimeError as error:  # size mismatches raise even when strict=False
-        raise WeightsError(f"{source}: weights do not fit the generator config: {error}") from error
+    """Load every tensor or fail, naming the file and summarising the missing/unexpected/mismatched keys."""
+    expected = module.state_dict()
+    mismatched = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if mismatched:
+        first = mismatched[0]
+        raise WeightsError(
+            f"{source}: weights do not fit the generator config: {len(mismatched)} of {len(expected)} tensors have "
+            f"other shapes (e.g. {first}: {tuple(state[first].shape)} in the file, {tuple(expected[first].shape)} "
+            f"in the config; all: {_some(mismatched)}). Check model.generator (channels, blocks) against the file."
+        )
+    result = module.load_state_dict(dict(state), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
-            f"{source}: weights do not match the generator config; missing keys: {result.missing_keys or 'none'}; "
-            f"unexpected keys: {result.unexpected_keys or 'none'}. Check that the file and its config belong together."
+            f"{source}: weights do not match the generator config; missing keys: {_some(result.missing_keys)}; "
+            f"unexpected keys: {_some(result.unexpected_keys)}. Check that the file and its config belong together."
         )
 
 
