@@ -119,3 +119,96 @@ def test_an_experiment_that_changes_the_generator_keeps_its_values(tmp_path: Pat
         _assert_survives(conf, "probe", ablation)
     cfg = _compose(conf, ["experiment=probe"])
     assert cfg.model.generator.use_se is False and cfg.model.generator.use_gradient_branch is False
+
+
+# --- conf/debug/: run modifiers composed last (docs/design.md#debug-configs) --------------------------------
+
+DEBUGS = sorted(path.stem for path in (CONF / "debug").glob("*.yaml"))
+SMOKE_TESTED = {"overfit", "limit", "profiler", "anomaly"}  # each smoke-run below; `smoke` is run everywhere
+
+
+def _debug_run(tmp_path: Path, experiment: str, debug: str, *overrides: str) -> Path:
+    from dgggan_pl.config import compose_config
+    from dgggan_pl.train import train
+
+    cfg = compose_config(
+        [
+            f"experiment={experiment}",
+            f"debug=[smoke,{debug}]",
+            "logger=csv",
+            f"paths.output_dir={tmp_path}",
+            *overrides,
+        ]
+    )
+    train(cfg)
+    return tmp_path
+
+
+def _train_rows(output_dir: Path, key: str) -> list[float]:
+    import csv
+
+    (metrics_file,) = output_dir.glob("csv/version_*/metrics.csv")
+    with metrics_file.open() as file:
+        return [float(row[key]) for row in csv.DictReader(file) if row.get(key)]
+
+
+def test_every_debug_config_is_smoke_run() -> None:
+    assert set(DEBUGS) - {"smoke"} == SMOKE_TESTED
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_overfit_repeats_the_same_batches_and_the_loss_falls(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from dgggan_pl.config import compose_config
+
+    cfg = compose_config(["experiment=pretrain", "debug=[smoke,overfit]", f"paths.output_dir={tmp_path}"])
+    datamodule = instantiate(cfg.data)
+    datamodule.trainer = instantiate(cfg.trainer, max_steps=1, logger=False, enable_checkpointing=False)
+    loader = datamodule.train_dataloader()
+    first, second = ([batch["hr"] for batch in loader] for _ in range(2))
+    assert len(first) == len(second) > 1 and all(a.equal(b) for a, b in zip(first, second, strict=True))
+
+    losses = _train_rows(_debug_run(tmp_path, "pretrain", "overfit", "iterations=6"), "train/loss_pixel")
+    assert len(losses) == 6  # overfit_batches=2: iterations 1, 3, 5 see batch 1 and 2, 4, 6 batch 2
+    assert losses[4] < losses[2] < losses[0] and losses[5] < losses[3] < losses[1]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_limit_shortens_epochs_and_evaluation(tmp_path: Path) -> None:
+    import torch
+
+    output_dir = _debug_run(
+        tmp_path,
+        "pretrain",
+        "limit",
+        "iterations=6",
+        "trainer.limit_train_batches=2",
+        "trainer.val_check_interval=3",
+    )
+    checkpoint = torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 6
+    assert checkpoint["epoch"] >= 2  # 2 batches per epoch instead of smoke's 4
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_profiler_writes_its_report_into_the_run_folder(tmp_path: Path) -> None:
+    output_dir = _debug_run(tmp_path, "full", "profiler", "iterations=2")
+    report = (output_dir / "fit-profile.txt").read_text()
+    assert "training_step" in report
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_anomaly_detection_is_on_and_a_gan_run_passes_it(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from dgggan_pl.config import compose_config
+
+    cfg = compose_config(
+        ["experiment=full", "debug=[smoke,anomaly]", f"paths.output_dir={tmp_path / 'composed'}"]
+    )
+    assert instantiate(cfg.trainer, max_steps=1, logger=False)._detect_anomaly is True
+    output_dir = _debug_run(
+        tmp_path, "full", "anomaly", "iterations=2"
+    )  # the double-backward penalty included
+    assert (output_dir / "checkpoints" / "last.ckpt").is_file()

@@ -164,11 +164,21 @@ class SRDataModule(pl.LightningDataModule):
             "persistent_workers": self.persistent_workers and persistent,
         }
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_dataloader(self) -> DataLoader:
         """Shuffled crops; stateful, so `ckpt_path=last` resumes mid-epoch exactly (see `data/sampling.py`)."""
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # debug=overfit: unshuffled integer keys give epoch 0's crops and flips in every epoch, so the same
+            # batches repeat (Lightning would otherwise swap the sampler, which ResumableLoader refuses).
+            return DataLoader(
+                self.train_dataset,
+                batch_size=self.batch_size,
+                shuffle=False,
+                drop_last=True,
+                **self._loader_options(persistent=True),
+            )
         num_replicas, rank = self._replicas()
         sampler = SkippingEpochSampler(
             self.train_dataset,
