@@ -75,11 +75,19 @@ def test_disk_full_during_a_checkpoint_save_says_no_space_left(tmp_path, monkeyp
     """torch.save on a full disk raises `inline_container.cc ... unexpected pos`; we name the cause and path."""
 
     class FullDisk(io.RawIOBase):
+        """Takes the first bytes, then the disk is full (as a real one fills mid-checkpoint)."""
+
+        def __init__(self) -> None:
+            self.written = 0
+
         def writable(self) -> bool:
             return True
 
         def write(self, data) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self.written > 512:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.written += len(data)
+            return len(data)
 
     @contextmanager
     def full_disk(path, mode):
