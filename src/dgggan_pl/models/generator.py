@@ -191,7 +191,9 @@ class DGGGANGenerator(nn.Module):
             if index in self.injection_blocks:
                 guidance = run(self.gradient, image)
                 grad = grad.add_(guidance) if inplace else grad + guidance
+                del guidance  # a whole map: not kept alive until encode returns
         image = run(self.image_branch.long_skip, image, image_head)
+        del image_head  # maps are released as soon as they are used up (tiled inference holds whole maps)
         if grad is None:
             return LRFeatures(image, None)
         return LRFeatures(image, run(self.gradient_branch.long_skip, grad, grad_head))
