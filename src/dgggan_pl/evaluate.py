@@ -148,10 +148,10 @@ def run_methods(
     return results
 
 
-def evaluate(cfg: DictConfig) -> dict[str, dict[str, SetResult]]:
-    """Run every method of `cfg.models` on every set of `cfg.sets`, write the tables; return the results."""
-    datasets, methods, device = prepare(cfg)
-    results = run_methods(cfg, datasets, methods, device)
+def write_outputs(
+    cfg: DictConfig, methods: list[Method], results: dict[str, dict[str, SetResult]]
+) -> list[Path]:
+    """Tables 3 and 4 and the per-image CSVs under `paths.output_dir`, and the values to the loggers."""
     out_dir = Path(cfg.paths.output_dir)
     any_result = results[methods[0].label][cfg.sets[0]]
     lpips_key = LPIPS_RANDOM_KEY if LPIPS_RANDOM_KEY in any_result.values else LPIPS_KEY
@@ -163,6 +163,14 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, SetResult]]:
 
     tables = [p for p in written if p.suffix == ".csv" and p.parent == out_dir]
     log_results(instantiate_loggers(cfg.get("logger")), results, tables)
+    return written
+
+
+def evaluate(cfg: DictConfig) -> dict[str, dict[str, SetResult]]:
+    """Run every method of `cfg.models` on every set of `cfg.sets`, write the tables; return the results."""
+    datasets, methods, device = prepare(cfg)
+    results = run_methods(cfg, datasets, methods, device)
+    write_outputs(cfg, methods, results)
     return results
 
 
