@@ -10,6 +10,7 @@ size takes well under a second and no memory. The DGGGAN rows are built from the
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ def build_generator_from_config(overrides: Sequence[str]) -> nn.Module:
 
 def _model_builders() -> dict[str, Callable[[], nn.Module]]:
     builders: dict[str, Callable[[], nn.Module]] = {
-        name: (lambda o=overrides: build_generator_from_config(o))
+        name: functools.partial(build_generator_from_config, overrides)
         for name, overrides in DGGGAN_VARIANTS.items()
     }
     builders["RRDBNet"] = RRDBNet
@@ -118,10 +119,10 @@ def format_table(rows: Sequence[ComplexityRow], lr_size: Sequence[int] = DEFAULT
     ]
     for row in rows:
         cells = [row.name, f"{row.params:,}", f"{row.gflops:.2f}"]
-        for ref in refs.values():
+        for reference in refs.values():
             cells += [
-                _ratio(row.params, ref and ref.params),
-                _ratio(row.gflops, ref and ref.gflops),
+                _ratio(row.params, None if reference is None else reference.params),
+                _ratio(row.gflops, None if reference is None else reference.gflops),
             ]
         paper = PAPER_TABLE5.get(row.name)
         cells += [f"{paper[0]}M", f"{paper[1]}G"] if paper else ["-", "-"]

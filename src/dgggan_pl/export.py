@@ -84,6 +84,7 @@ def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None
         wrapper, (sample,), dynamo=True, input_names=[ONNX_INPUT], output_names=outputs,
         dynamic_shapes=dynamic, opset_version=opset, verbose=False,
     )  # fmt: skip
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     with atomic_path(path) as tmp:
         _stage(2, ONNX_STAGES[1])
         program.save(str(tmp), external_data=False)  # one self-contained file (the C=64 model is ~60 MB)

@@ -10,7 +10,7 @@ import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from hydra.utils import instantiate
@@ -164,7 +164,7 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             writer_type = _ContinuingWriter if self.resume else ExperimentWriter
             self._experiment = writer_type(log_dir=self.log_dir)
-        return self._experiment
+        return cast(ExperimentWriter, self._experiment)
 
     @rank_zero_only
     def drop_steps_after(self, step: int) -> None:

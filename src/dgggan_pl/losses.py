@@ -69,6 +69,9 @@ class PerceptualLoss(nn.Module):
     shows up as a trainable (DDP-synchronised) parameter.
     """
 
+    mean: Tensor  # non-persistent buffers, declared for the type checker (Module.__getattr__ is untyped)
+    std: Tensor
+
     def __init__(
         self, weights: PerceptualWeights = "imagenet", layer: int = VGG19_CONV5_4_BEFORE_RELU
     ) -> None:

@@ -176,7 +176,8 @@ class Objective:
         Stats hold each unweighted term as `loss_<name>` and the total as `loss_g`.
         """
         pairs = InputPairs(out, hr)
-        total, stats = None, {}
+        total: Tensor | None = None
+        stats: dict[str, Tensor] = {}
         for spec in self.specs:
             prediction, target = pairs[spec.input]
             if spec.critic is None:
@@ -206,7 +207,8 @@ class Objective:
         assert self.critic_loss is not None, "critics_loss needs an adversarial term"
         detached = GeneratorOutput(out.sr.detach(), None if out.grad_map is None else out.grad_map.detach())
         pairs = InputPairs(detached, hr)
-        total, stats = None, {}
+        total: Tensor | None = None
+        stats: dict[str, Tensor] = {}
         for name, input_name in self.critics.items():
             fake, real = pairs[input_name]
             loss, wdist, penalty = self.critic_loss(critics[name], real, fake, noise)

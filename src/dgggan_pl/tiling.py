@@ -27,12 +27,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
 
 from dgggan_pl.data.io import quantize_uint8
+from dgggan_pl.models.blocks import EnhancedMultiScaleResidualBlock
 from dgggan_pl.models.generator import DGGGANGenerator, LRFeatures
 
 LR_STAGE_TILE_FACTOR = 2  # LR-stage tiles are this many times wider: ~13C channels/pixel vs ~96C at HR
@@ -81,7 +82,8 @@ def decode_tiled(
     """
     out = None
     if to_uint8:
-        out = uint8_image_buffer(lr.shape[0], *(generator.scale * n for n in lr.shape[-2:]), lr.shape[1])
+        height, width = (generator.scale * n for n in lr.shape[-2:])
+        out = uint8_image_buffer(lr.shape[0], height, width, lr.shape[1])
     return map_tiles(
         _decode_sr(generator),
         _decode_inputs(features, lr),
@@ -139,7 +141,7 @@ def receptive_radius(fn: TileFn, inputs: Sequence[Tensor], device: torch.device,
             out = fn(*probes)
             window = out[..., centre * scale : (centre + 1) * scale, centre * scale : (centre + 1) * scale]
             grads = torch.autograd.grad(window.sum(), probes, allow_unused=True)
-        reach = sum(g.abs().sum(dim=(0, 1)) for g in grads if g is not None) != 0
+        reach = cast(Tensor, sum(g.abs().sum(dim=(0, 1)) for g in grads if g is not None)) != 0
         rows, cols = reach.nonzero(as_tuple=True)
         radius = int(max((rows - centre).abs().max(), (cols - centre).abs().max()))
         if radius < centre:
@@ -279,7 +281,8 @@ def _block_radius(generator: DGGGANGenerator) -> int:
     if not len(blocks):
         return 0
     probe = torch.empty(1, generator.image_branch.trunk.out_channels, 1, 1)
-    return receptive_radius(blocks[0].local, [probe], next(generator.parameters()).device)
+    first = cast(EnhancedMultiScaleResidualBlock, blocks[0])
+    return receptive_radius(first.local, [probe], next(generator.parameters()).device)
 
 
 def hr_stage_radius(generator: DGGGANGenerator) -> int:

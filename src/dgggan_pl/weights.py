@@ -22,7 +22,7 @@ import os
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -110,7 +110,7 @@ def build_generator(config: Mapping[str, Any], source: str | os.PathLike) -> DGG
         raise WeightsError(
             f"{source}: the config built {type(generator).__name__}, not a generator with `scale`"
         )
-    return generator
+    return cast(DGGGANGenerator, generator)
 
 
 def _some(keys: list[str]) -> str:
@@ -239,7 +239,7 @@ def save_generator_safetensors(
     if path.suffix.lower() != SAFETENSORS_SUFFIX:
         raise WeightsError(f"{path}: safetensors output must end in {SAFETENSORS_SUFFIX}")
     if OmegaConf.is_config(config):
-        config = OmegaConf.to_container(config, resolve=True)
+        config = cast(Mapping[str, Any], OmegaConf.to_container(config, resolve=True))
     check_generator_config(config, path)  # refuse now what load_generator would refuse later
     sidecar = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "ema": ema, "generator": dict(config)}
     config_path = sidecar_path(path)

@@ -81,7 +81,7 @@ def select_monitor(
 ) -> tuple[Monitor | None, list[str]]:
     """The first monitor of `chain` whose metric can be computed here (None if none can), and the keys of the
     monitors skipped on the way (their reasons are logged once, by the metrics, and kept in run_info.json)."""
-    skipped = []
+    skipped: list[str] = []
     for monitor in chain:
         if monitor.metric not in unavailable:
             return monitor, skipped
@@ -142,7 +142,7 @@ class MonitorFallbackCheckpoint(ModelCheckpoint):
         self.monitor_chain = chain
         self.monitor_set = monitor_set
         self.selected_monitor = selected
-        super().__init__(
+        super().__init__(  # type: ignore[misc]  # mypy cannot rule out *args filling monitor/mode
             *args,
             monitor=selected.key if selected else None,
             mode=selected.mode if selected else "min",
@@ -171,7 +171,11 @@ class MonitorFallbackCheckpoint(ModelCheckpoint):
 
     def _refresh_last(self, trainer: Trainer) -> None:
         stale = self._last_written_step != trainer.global_step
-        if self.save_last and stale and not (trainer.sanity_checking or trainer.fast_dev_run):
+        if (
+            self.save_last
+            and stale
+            and not (trainer.sanity_checking or getattr(trainer, "fast_dev_run", False))
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -107,4 +107,5 @@ class ImagePanels(Callback):
                     for name, panel in self._panels
                 ]
                 # the iteration axis, like every other row (trainer/global_step = iteration, monotonic)
-                logger.log_metrics({PANEL_KEY: images, ITERATION_KEY: iteration}, step=iteration)
+                # W&B's log_metrics takes media as well as numbers (Lightning types it for numbers only)
+                logger.log_metrics({PANEL_KEY: images, ITERATION_KEY: iteration}, step=iteration)  # type: ignore[dict-item]

@@ -78,7 +78,7 @@ class WandbMetrics(Callback):
         runs = [logger.experiment for logger in loggers if logger.experiment.id not in self._done]
         if not runs:
             return
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)  # a runtime attribute of Lightning's Trainer
         sets = {
             "val": list(getattr(datamodule, "val_set_names", [])),
             "test": list(getattr(datamodule, "test_set_names", [])),

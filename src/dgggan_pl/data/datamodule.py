@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from dgggan_pl.data.datasets import (
     LR_SOURCES,
     BenchmarkDataset,
+    LrSource,
     PairSource,
     TrainPatchDataset,
     WholeImageDataset,
@@ -127,7 +129,9 @@ class SRDataModule(pl.LightningDataModule):
         for name in sets:
             assert self.benchmark_dir is not None  # checked in __init__
             datasets.append(
-                BenchmarkDataset(self.benchmark_dir / name, scale=self.scale, lr_source=self.lr_source)
+                BenchmarkDataset(
+                    self.benchmark_dir / name, scale=self.scale, lr_source=cast(LrSource, self.lr_source)
+                )
             )
         datasets.extend(WholeImageDataset(factory(), scale=self.scale) for factory in sources.values())
         return datasets
@@ -169,7 +173,9 @@ class SRDataModule(pl.LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
-        if self.trainer is not None and self.trainer.overfit_batches:
+        if self.trainer is not None and getattr(
+            self.trainer, "overfit_batches", False
+        ):  # set at runtime by Lightning
             # debug=overfit: unshuffled integer keys give epoch 0's crops and flips in every epoch, so the same
             # batches repeat (Lightning would otherwise swap the sampler, which ResumableLoader refuses).
             return DataLoader(

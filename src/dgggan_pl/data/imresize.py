@@ -88,6 +88,7 @@ def _resolve_sizes(
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"imresize: output_size must be positive, got {output_size}")
         return (out_h / height, out_w / width), (out_h, out_w)
+    assert scale is not None  # exactly one of scale and output_size, checked above
     scale_h, scale_w = (float(scale), float(scale)) if isinstance(scale, (int, float)) else map(float, scale)
     if scale_h <= 0 or scale_w <= 0:
         raise ValueError(f"imresize: scale must be positive, got {scale}")

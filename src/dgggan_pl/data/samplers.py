@@ -13,7 +13,8 @@ Evaluation: Lightning's `UnrepeatedDistributedSampler` shards whole images witho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset, DistributedSampler, SequentialSampler
@@ -35,5 +36,5 @@ def evaluation_sampler(
 ) -> SequentialSampler | DistributedSampler:
     """In order on one process; an unpadded shard per rank under DDP (each image exactly once overall)."""
     if num_replicas == 1:
-        return SequentialSampler(dataset)
+        return SequentialSampler(cast(Sized, dataset))
     return UnrepeatedDistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class RequeueCheckpoint(Callback):
 def last_checkpoint_path(trainer: Trainer) -> Path:
     """Where the checkpoint callback keeps last.ckpt (`ckpt_path=last` reads it from there)."""
     callback = trainer.checkpoint_callback
-    if callback is None or getattr(callback, "dirpath", None) is None:
+    if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None:
         raise RuntimeError("requeue needs a ModelCheckpoint with a dirpath (callbacks.model_checkpoint)")
     return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
 

@@ -166,6 +166,15 @@ class NIQE(torch.nn.Module):
     a checkpoint.
     """
 
+    # Non-persistent buffers, declared for the type checker (Module.__getattr__ is untyped).
+    mu_pristine: Tensor
+    cov_pristine: Tensor
+    window: Tensor
+    gam: Tensor
+    r_gam: Tensor
+    beta_factor: Tensor
+    mean_factor: Tensor
+
     def __init__(
         self, mu_pristine: Tensor, cov_pristine: Tensor, settings: NIQESettings | None = None
     ) -> None:

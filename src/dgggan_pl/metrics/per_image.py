@@ -59,6 +59,9 @@ class PerImageMetric(Metric):
 
     full_state_update = False
     is_differentiable = False
+    # torchmetrics list states (tensors once a DDP sync has concatenated them), declared for the type checker
+    scores: list[Tensor]
+    keys: list[Tensor]
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -150,6 +150,7 @@ class LPIPSScore(PerImageMetric):
     """
 
     higher_is_better = False
+    _net: nn.Module
 
     def __init__(self, net: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -166,6 +167,7 @@ class MaScore(PerImageMetric):
     """Mean per-image Ma et al. score (NRQM, pyiqa backend) of the SR images; higher is better."""
 
     higher_is_better = True
+    _nrqm: nn.Module
 
     def __init__(self, nrqm: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)

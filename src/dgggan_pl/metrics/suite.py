@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -190,7 +191,7 @@ class BenchmarkMetrics(nn.Module):
     def _add_ma(self, nrqm_model_path, download: bool) -> None:
         nrqm, reason = build_nrqm(self.crop_border, nrqm_model_path, download)
         if nrqm is None:
-            self.unavailable["ma"] = reason
+            self.unavailable["ma"] = str(reason)
         else:
             self.scores["ma"] = MaScore(nrqm)
 
@@ -199,11 +200,11 @@ class BenchmarkMetrics(nn.Module):
         if names is not None:
             self._names.update({name_key(n): n for n in names})
         for metric in self.scores.values():
-            metric.update(sr, hr, names)
+            cast(PerImageMetric, metric).update(sr, hr, names)
 
     def compute(self) -> dict[str, float]:
         """Per-image means over the set (synchronised across ranks)."""
-        out = {key: float(metric.compute()) for key, metric in self.scores.items()}
+        out = {key: float(cast(PerImageMetric, metric).compute()) for key, metric in self.scores.items()}
         if self.want_pi and "pi" not in self.unavailable:
             out["pi"] = perceptual_index(out["ma"], out["niqe"])
         return out
@@ -226,7 +227,7 @@ class BenchmarkMetrics(nn.Module):
 
     def reset(self) -> None:
         for metric in self.scores.values():
-            metric.reset()
+            cast(PerImageMetric, metric).reset()
         self._names.clear()
 
     def forward(self, sr: Tensor, hr: Tensor, names: Sequence[str] | None = None) -> None:

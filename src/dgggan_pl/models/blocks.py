@@ -59,7 +59,7 @@ class SqueezeExcitation(nn.Module):
         The pooling is global (the whole map), so tiled inference computes it on the assembled map; `x` may
         live on another device (CPU storage for a GPU model) and only visits this one for the gate.
         """
-        device = self.gate[1].weight.device
+        device = next(self.gate.parameters()).device
         return self.gate(x.to(device)).to(x.device)
 
 

@@ -8,7 +8,7 @@ The forward pass is written once, as two stages that tiled inference (`dgggan_pl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -182,11 +182,12 @@ class DGGGANGenerator(nn.Module):
         image_head = run(self.image_branch.head, lr)
         grad_head = run(self._gradient_head, lr) if self.use_gradient_branch else None
         image, grad = image_head, grad_head
-        for index, image_block in enumerate(self.image_branch.blocks, start=1):
+        blocks = cast(Sequence[EnhancedMultiScaleResidualBlock], self.image_branch.blocks)
+        for index, image_block in enumerate(blocks, start=1):
             image = image_block.finish(image, run(image_block.local, image), inplace=inplace)
             if grad is None:
                 continue
-            grad_block = self.gradient_branch.blocks[index - 1]
+            grad_block = cast(EnhancedMultiScaleResidualBlock, self.gradient_branch.blocks[index - 1])
             grad = grad_block.finish(grad, run(grad_block.local, grad), inplace=inplace)
             if index in self.injection_blocks:
                 guidance = run(self.gradient, image)
