@@ -1,7 +1,8 @@
-"""Two CPU processes (gloo), launched as a subprocess: ranks end bit-identical, and only because of DDP.
+"""Two CPU processes (gloo), launched as a subprocess: ranks end bit-identical, and only because of the sync.
 
-The negative control runs the same job with a DDP communication hook that skips the gradient all-reduce:
-each rank then trains on its own shard and the ranks' weights must differ.
+`trainer=ddp_cpu` uses `strategy=ddp_step_sync` (each optimizer step averages its own gradients). The negative
+control runs the same job with that reduction switched off: each rank then trains on its own shard and the
+ranks' weights must differ.
 """
 
 from __future__ import annotations
@@ -13,29 +14,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from lightning.pytorch.strategies import DDPStrategy
+from torch.optim import Optimizer
+
+from dgggan_pl.strategies import StepSyncDDPStrategy
 
 TESTS_DIR = Path(__file__).resolve().parent
 NETWORKS = ("generator", "image_critic", "gradient_critic")
-NO_SYNC_STRATEGY = (
-    "trainer.strategy={_target_:test_ddp_train.LocalGradientsDDPStrategy,find_unused_parameters:true}"
-)
+NO_SYNC_STRATEGY = "trainer.strategy={_target_:test_ddp_train.LocalGradientsStrategy}"
 
 
-def local_gradients_only(state, bucket):  # noqa: ANN001, ANN201 (DDP rejects string annotations)
-    """A DDP comm hook that returns the rank's own gradients: DDP without gradient synchronisation."""
-    future: torch.futures.Future = torch.futures.Future()
-    future.set_result(bucket.buffer())
-    return future
+class LocalGradientsStrategy(StepSyncDDPStrategy):
+    """ddp_step_sync without its gradient all-reduce: the same processes, no synchronisation."""
 
-
-class LocalGradientsDDPStrategy(DDPStrategy):
-    """DDP whose all-reduce is replaced by `local_gradients_only` (Lightning registers comm hooks on CUDA only)."""
-
-    def configure_ddp(self) -> None:
-        super().configure_ddp()
-        self.model.register_comm_hook(None, local_gradients_only)
+    def reduce_gradients(self, optimizer: Optimizer) -> None:
+        return None
 
 
 def train_ddp(output_dir: Path, *extra: str) -> list[dict]:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from dgggan_pl.metrics.suite import BenchmarkMetrics
 from dgggan_pl.models.generator import GeneratorOutput
 from dgggan_pl.objective import Objective, Stats, check_model, critic_slots
+from dgggan_pl.strategies import STRATEGY_NAME  # noqa: F401 (importing registers strategy=ddp_step_sync)
 
 log = logging.getLogger(__name__)
 
