@@ -103,6 +103,7 @@ def readme_resume_command() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # two CLI trainings; minutes each on a loaded 2-core box
 def test_readme_resume_after_kill_9_during_a_checkpoint_save(tmp_path) -> None:
     import csv
     import subprocess

@@ -50,24 +50,24 @@ def test_ddp_without_gpus_points_to_ddp_cpu(compose) -> None:
     check_config(compose(["trainer=ddp_cpu", "paths.output_dir=unused"]), cuda_available=False)
 
 
-def test_the_command_line_prints_one_line_and_no_traceback(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("override", "first_words"),
+    [
+        ("iterations=0", "error: iterations=0: must be > 0"),
+        ("resume=latest", "error: resume=latest: no run with checkpoints/last.ckpt under outputs/full/runs"),
+    ],
+)
+def test_the_command_line_prints_one_line_and_no_traceback(tmp_path, override, first_words) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dgggan_pl.train",
-            *SMOKE,
-            "iterations=0",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
+        [sys.executable, "-m", "dgggan_pl.train", *SMOKE, override],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=tmp_path,
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert errors[-1].startswith("error: iterations=0: must be > 0"), result.stderr[-2000:]
+    assert errors[-1].startswith(first_words), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
 
 

@@ -59,11 +59,26 @@ def find_run_to_resume(resume: str, runs_root: str | os.PathLike) -> Path:
     return run
 
 
+# A resume target that does not exist, found while Hydra resolved hydra.run.dir. Raising there would print
+# Hydra's traceback; `dgggan_pl.train` raises it instead, as one line, before it writes anything.
+_pending: list[ResumeError] = []
+
+
 def _run_dir(resume: str | None, fresh: str) -> str:
     """hydra.run.dir: `fresh` (`outputs/<task>/runs/<time>`) for a new run, else the run to resume."""
     if resume is None:
         return fresh
-    return str(find_run_to_resume(str(resume), Path(fresh).parent))
+    try:
+        return str(find_run_to_resume(str(resume), Path(fresh).parent))
+    except ResumeError as error:
+        _pending.append(error)
+        return fresh
+
+
+def raise_pending_resume_error() -> None:
+    """Raise the error `resume=...` met while Hydra chose the run folder (see `_run_dir`)."""
+    if _pending:
+        raise _pending[0]
 
 
 def _config_subdir(resume: str | None, ckpt_path: str | None) -> str:

@@ -38,6 +38,7 @@ from dgggan_pl.runs import (
     RESUME_PREFIX,
     ResumeError,
     attempt_stamp,
+    raise_pending_resume_error,
     register_resolvers,
     remove_stale_temp_files,
     resolve_ckpt_path,
@@ -256,6 +257,7 @@ def _announce(output_dir: Path, status: str) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) one configuration; returns the final `val/...` and `test/<Set>/<metric>` metrics."""
+    raise_pending_resume_error()
     check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume"))
