@@ -86,12 +86,18 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
             init[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         generic = set(OmegaConf.structured(BaseQueueConf).keys())
+        valid = type(executor._executor)._valid_parameters()
+        params = {key: value for key, value in self.params.items() if key not in INIT_KEYS}
         executor.update_parameters(
             **{
                 (key if key in generic else f"{self._EXECUTOR}_{key}"): value
-                for key, value in self.params.items()
-                if key not in INIT_KEYS
+                for key, value in params.items()
+                if key in generic or key in valid
             }
+        )
+        # What AutoExecutor does not pass on although the executor takes it (the local one's signal_delay_s).
+        executor._executor.update_parameters(
+            **{key: value for key, value in params.items() if key not in generic and key not in valid}
         )
         return executor
 
