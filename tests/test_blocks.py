@@ -78,3 +78,28 @@ def test_scaled_kaiming_init_statistics() -> None:
     expected_std = 0.1 * math.sqrt(2.0 / fan_in)
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
     assert torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.parametrize("use_se", [True, False])
+def test_emsrb_stages_compose_to_forward_and_inplace_reuses_the_local_map(use_se: bool) -> None:
+    """forward = finish(x, local(x)); the in-place finish (tiled inference) gives the same bits in `local`."""
+    torch.manual_seed(0)
+    block = EnhancedMultiScaleResidualBlock(8, use_se=use_se, se_reduction=4, negative_slope=0.2).eval()
+    scaled_kaiming_init_(block, 1.0)
+    x = torch.rand(2, 8, 9, 7)
+    with torch.no_grad():
+        expected = block(x)
+        local = block.local(x)
+        assert torch.equal(block.finish(x, local), expected)
+        result = block.finish(x, local, inplace=True)
+    assert torch.equal(result, expected) and result.data_ptr() == local.data_ptr()
+    assert not torch.equal(x, expected)  # x itself is left alone
+
+
+def test_se_gate_is_one_per_channel_and_matches_forward() -> None:
+    torch.manual_seed(0)
+    se = SqueezeExcitation(8, reduction=4)
+    x = torch.rand(2, 8, 5, 6)
+    gate = se.channel_gate(x)
+    assert gate.shape == (2, 8, 1, 1)
+    torch.testing.assert_close(x * gate, se(x), rtol=0, atol=0)
