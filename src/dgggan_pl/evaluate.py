@@ -30,9 +30,11 @@ from dgggan_pl.metrics.niqe import NIQEModelError
 from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY, PretrainedWeightsMissing
 from dgggan_pl.metrics.suite import BenchmarkMetrics, missing_model_files
 from dgggan_pl.metrics.tables import SetResult, safe_label, write_tables
+from dgggan_pl.runs import register_resolvers
 from dgggan_pl.weights import WeightsError
 
 log = logging.getLogger(__name__)
+register_resolvers()  # conf/hydra's run.dir and output_subdir use them
 EXIT_ERROR = 2
 # Errors a user fixes with a file or an override: reported as their one-line messages, without a traceback.
 USER_ERRORS = (
