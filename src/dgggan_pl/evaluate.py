@@ -31,6 +31,7 @@ from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY, Pretrained
 from dgggan_pl.metrics.suite import BenchmarkMetrics, missing_model_files
 from dgggan_pl.metrics.tables import SetResult, safe_label, write_tables
 from dgggan_pl.runs import register_resolvers
+from dgggan_pl.utils.noise import silence_dependency_noise
 from dgggan_pl.weights import WeightsError
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ def report_user_error(error: Exception) -> int:
 
 @hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    silence_dependency_noise()
     try:
         results = evaluate(cfg)
     except (PreflightError, *USER_ERRORS) as error:

@@ -45,6 +45,7 @@ from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.tables import SetResult, safe_label
 from dgggan_pl.models.gradient import gradient_magnitude
 from dgggan_pl.utils.atomic import atomic_open, write_text_atomic
+from dgggan_pl.utils.noise import silence_dependency_noise
 
 log = logging.getLogger(__name__)
 TEMPLATE = "page_template.html"
@@ -308,6 +309,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
 
 @hydra.main(config_path=str(config_dir()), config_name="figures", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    silence_dependency_noise()
     try:
         written = make_figures(cfg)
     except (PreflightError, FigureError, *USER_ERRORS) as error:

@@ -44,6 +44,7 @@ from dgggan_pl.runs import (
     resolve_ckpt_path,
 )
 from dgggan_pl.utils.atomic import write_text_atomic
+from dgggan_pl.utils.noise import silence_dependency_noise
 from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config
 from dgggan_pl.weights import load_generator, load_state_dict_strict
 
@@ -288,6 +289,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropStepMessage())
+    silence_dependency_noise()  # the litlogger tip and Lightning's LeafSpec deprecation (utils/noise.py)
     try:
         train(cfg)
     except (ConfigError, ResumeError, InstantiationException) as error:
