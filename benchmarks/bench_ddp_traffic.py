@@ -149,7 +149,9 @@ def main() -> None:
     print(
         f"2 gloo processes, experiment=full debug=smoke, {args.iterations} iterations, {len(after['steps'])} steps"
     )
-    print("| elements all-reduced per backward | ddp_find_unused_parameters_true | ddp_step_sync | after / before |")
+    print(
+        "| elements all-reduced per backward | ddp_find_unused_parameters_true | ddp_step_sync | after / before |"
+    )
     print("|---|---|---|---|")
     for kind in STEP_KINDS:
         print(f"| {kind} step | {b[kind]:,.0f} | {a[kind]:,.0f} | {a[kind] / b[kind]:.3f} |")

@@ -97,7 +97,7 @@ class DGGGANModule(LightningModule):
     @property
     def gan_active(self) -> bool:
         """Whether this iteration trains the critics and uses the adversarial terms."""
-        return bool(self.critics) and self.iteration >= self.hparams.optim.get("gan_start_iteration", 0)
+        return bool(self.critics) and self.iteration >= self.hparams["optim"].get("gan_start_iteration", 0)
 
     @property
     def eval_generator(self) -> nn.Module:
@@ -118,7 +118,7 @@ class DGGGANModule(LightningModule):
         out: GeneratorOutput = self.generator(lr)
 
         if self.gan_active:  # critic step(s): eq. 10 on the detached SR, the generator frozen
-            for update in range(self.hparams.optim["n_critic"]):
+            for update in range(self.hparams["optim"]["n_critic"]):
                 noise = self._noise_generator(hr.device, update)
                 self._optimize(opt_d, partial(self._critic_objective, out, hr, noise), "critic")
 
@@ -129,7 +129,7 @@ class DGGGANModule(LightningModule):
 
     def _noise_generator(self, device: torch.device, critic_update: int) -> torch.Generator:
         """A generator seeded by (seed, rank, iteration, critic update) alone, for the penalty's interpolation."""
-        key = [self.hparams.seed, self.global_rank, self.iteration, critic_update]
+        key = [self.hparams["seed"], self.global_rank, self.iteration, critic_update]
         seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator(device=device).manual_seed(seed)
 
@@ -163,7 +163,7 @@ class DGGGANModule(LightningModule):
     def _on_nonfinite(self, name: str, stats: Mapping[str, Tensor]) -> None:
         self._consecutive_nonfinite += 1
         self.log(f"train/nonfinite_{name}", 1.0)
-        limit = self.hparams.optim["max_consecutive_nonfinite"]
+        limit = self.hparams["optim"]["max_consecutive_nonfinite"]
         bad = {k: float(v) for k, v in stats.items() if not torch.isfinite(v)}
         log.warning("iteration %d: non-finite %s loss %s, step skipped", self.iteration, name, bad)
         if self._consecutive_nonfinite >= limit:
@@ -176,7 +176,7 @@ class DGGGANModule(LightningModule):
     def _after_iteration(self) -> None:
         """Once per iteration: EMA update, scheduler steps, counters."""
         if self.generator_ema is not None:
-            decay = self.hparams.optim["ema_decay"]
+            decay = self.hparams["optim"]["ema_decay"]
             with torch.no_grad():
                 ema = list(self.generator_ema.parameters()) + list(self.generator_ema.buffers())
                 live = list(self.generator.parameters()) + list(self.generator.buffers())
@@ -186,7 +186,8 @@ class DGGGANModule(LightningModule):
             # The critic optimizer idles during the generator-only warm-up, but its schedule counts iterations.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-                scheduler.step()
+                if scheduler is not None:
+                    scheduler.step()
         self.iteration += 1
         self.log("train/lr_g", self.optimizers_list()[0].param_groups[0]["lr"])
         self.log("train/iteration", float(self.iteration), prog_bar=True)
@@ -197,7 +198,7 @@ class DGGGANModule(LightningModule):
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         """Adam for G and one Adam over both critics (Adam is per-parameter, so one or two is the same)."""
-        optim = self.hparams.optim
+        optim = self.hparams["optim"]
         optimizers = [instantiate(optim["generator"])(self.generator.parameters())]
         if self.critics:
             critic_params = [p for critic in self.critics.values() for p in critic.parameters()]
@@ -299,7 +300,8 @@ class DGGGANModule(LightningModule):
 
 def capture_rng_state() -> dict[str, Any]:
     """Every global RNG the training step or the data pipeline may draw from, as weights_only-safe values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # the legacy tuple form
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
