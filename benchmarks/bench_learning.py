@@ -2,7 +2,7 @@
 generated LR, validating Set5 and Set14 every `--val-every` iterations, for the paper's configuration
 (`global_skip: none`) and the bicubic-skip extension (`global_skip: bicubic`), next to MATLAB bicubic.
 
-Usage: python benchmarks/bench_learning.py [--iterations 3000] [--val-every 500] [--plot docs/images/learning_curve.png]
+Usage: python benchmarks/bench_learning.py [--iterations 4000] [--val-every 500] [--plot docs/images/learning_curve.png]
 Needs `<data-dir>/sr-benchmarks/{BSD100,Urban100,Set5,Set14}` (DGGGAN_DATA_DIR, default ../shared/data).
 
 The two variants train side by side, each in its own process with half of the CPU threads, so that both see
@@ -136,10 +136,10 @@ def plot(results: list[dict], bicubic: dict[str, float], path: Path, title: str)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--iterations", type=int, default=4000)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--hr-patch", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
