@@ -148,8 +148,11 @@ def metric_cell(row: Row, key: str, decimals: int, role: str) -> Cell:
 
 def checkpoint_text(row: Row, role: str) -> str:
     """Which checkpoint the row's values come from: `selected @<iteration> (<monitor>)`, `last @<iteration>`."""
-    tests = [(job, job.checkpoint(role)) for job in row.jobs if job.status == COMPLETED]
-    tests = [(job, test) for job, test in tests if test is not None]
+    tests = [
+        (job, test)
+        for job in row.jobs
+        if job.status == COMPLETED and (test := job.checkpoint(role)) is not None
+    ]
     if not tests:
         return "-"
     roles = sorted({test.role for _, test in tests})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -78,7 +78,7 @@ class JobResult:
     def config(self) -> DictConfig | None:
         """The job's task config as Hydra saved it (`.hydra/config.yaml`, unresolved), if present."""
         path = self.output_dir / HYDRA_DIR / "config.yaml" if self.output_dir else None
-        return OmegaConf.load(path) if path is not None and path.is_file() else None
+        return cast(DictConfig, OmegaConf.load(path)) if path is not None and path.is_file() else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -190,11 +190,7 @@ def job_result(output_dir: Path | None, record: JobRecord | None, source: str = 
     info = _read_json(info_path) if info_path is not None and info_path.is_file() else {}
     folder = output_dir if output_dir is not None and output_dir.is_dir() else None
     overrides = (
-        list(record.overrides)
-        if record is not None
-        else (_saved_overrides(output_dir) or [])
-        if folder
-        else []
+        list(record.overrides) if record is not None else (_saved_overrides(folder) or []) if folder else []
     )
     status = _status(info.get("status") if info else None, record)
     ablation = _ablation_name(info.get("ablation")) if info else None

@@ -59,6 +59,7 @@ class ResumableLoader(DataLoader):
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, SkippingEpochSampler) or not self.drop_last:
             raise ValueError("ResumableLoader needs sampler=SkippingEpochSampler(...) and drop_last=True")
+        self._skipping: SkippingEpochSampler = self.sampler  # the same object, typed (DataLoader's is not)
         self._epoch: int | None = None  # epoch of the current (or last) pass; None before the first
         self._batches = 0
         self._pending: tuple[int, int] | None = None  # (epoch, batches) loaded, applied by the next __iter__
@@ -67,7 +68,7 @@ class ResumableLoader(DataLoader):
         assert self.batch_size is not None  # drop_last with a batch size: checked in __init__
         return {
             "batch_size": int(self.batch_size),
-            "num_replicas": int(self.sampler.num_replicas),
+            "num_replicas": int(self._skipping.num_replicas),
             "batches_per_epoch": len(self),
         }
 
@@ -76,7 +77,7 @@ class ResumableLoader(DataLoader):
         if self._pending is not None:
             epoch, batches = self._pending
         elif self._epoch is None:
-            epoch, batches = int(self.sampler.epoch), 0
+            epoch, batches = int(self._skipping.epoch), 0
         else:
             epoch, batches = self._epoch, self._batches
         return {"epoch": epoch, "batches": batches, **self._layout()}
@@ -95,13 +96,13 @@ class ResumableLoader(DataLoader):
                 "Resume with the same data.batch_size, data.samples_per_epoch and number of devices, or start a "
                 "new run from the checkpoint's weights"
             )
-        self.sampler.set_epoch(epoch)
+        self._skipping.set_epoch(epoch)
         self._pending = (epoch, batches)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator, not DataLoader's iterator class
         # A generator: nothing (workers included) starts until the first batch is requested, after Lightning's
         # `set_epoch`, so the sampler always reads the right epoch.
-        epoch = int(self.sampler.epoch)
+        epoch = int(self._skipping.epoch)
         skip = 0
         if self._pending is not None:
             pending_epoch, skip = self._pending
@@ -114,7 +115,7 @@ class ResumableLoader(DataLoader):
                 )
         self._epoch, self._batches = epoch, skip
         assert self.batch_size is not None
-        self.sampler.skip_next_pass(skip * int(self.batch_size))
+        self._skipping.skip_next_pass(skip * int(self.batch_size))
         for batch in super().__iter__():
             self._batches += 1
             yield batch
