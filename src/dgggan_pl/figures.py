@@ -83,7 +83,7 @@ def find_item(dataset: BenchmarkDataset, name: str) -> dict:
 
 
 # ------------------------------------------------------------------ drawing
-def _font() -> ImageFont.ImageFont:
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=FIGURE_FONT_SIZE)
     except TypeError:  # Pillow without FreeType sizes
@@ -206,18 +206,23 @@ def page_data(
 ) -> dict:
     """The page's inlined JSON: per set and image, the HR file and each method's SR file and metrics."""
     keys = {k for by_set in results.values() for r in by_set.values() for k in r.values}
+    sets: dict[str, list[dict[str, object]]] = {}
     data = {
         "methods": [m.label for m in methods],
         "metric_keys": [k for k in METRIC_ORDER if k in keys],
-        "sets": {},
+        "sets": sets,
     }
     for set_name, dataset in datasets.items():
-        rows = []
+        rows: list[dict[str, object]] = []
         for hr_path in dataset.hr_paths:
             name = hr_path.stem
             hr_file = out_dir / "images" / HR_LABEL / set_name / f"{name}.png"
             width, height = Image.open(hr_file).size
-            row = {"name": name, "size": f"{width}x{height}", "hr": hr_file.relative_to(out_dir).as_posix()}
+            row: dict[str, object] = {
+                "name": name,
+                "size": f"{width}x{height}",
+                "hr": hr_file.relative_to(out_dir).as_posix(),
+            }
             row["methods"] = {
                 m.label: {
                     "src": f"images/{safe_label(m.label)}/{set_name}/{name}.png",
@@ -226,7 +231,7 @@ def page_data(
                 for m in methods
             }
             rows.append(row)
-        data["sets"][set_name] = rows
+        sets[set_name] = rows
     return data
 
 
