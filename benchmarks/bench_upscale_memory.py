@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +136,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+    from PIL import Image
 
     from dgggan_pl.data.io import read_image
     from dgggan_pl.upscale import memory_needed
@@ -166,6 +168,7 @@ def main() -> None:
         print(
             f"upscale's own estimate beyond the loaded model: {estimate.host / GIB:.2f} GiB ({estimate.parts})"
         )
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own 96-megapixel outputs
         a, b = (read_image(scratch / f"{p}.png").to(torch.int16) for p in ("before", "after"))
         gap = (a - b).abs()
         print(
