@@ -248,9 +248,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(path: Path, timeout_s: float = 60) -> None:
+def _stop(proc: subprocess.Popen) -> None:
+    """A failed test leaves no sweep behind: SIGINT (the sweep kills its jobs' groups), then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Wait until `path` exists (a busy machine needs long to start Python with torch); fail if `proc` ends."""
     deadline = time.monotonic() + timeout_s
     while not path.is_file():
+        assert proc.poll() is None, f"the sweep ended early: {proc.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.1)
 
@@ -271,11 +283,14 @@ def test_interrupted_toy_sweep_leaves_no_process_and_says_so(tmp_path: Path, sig
         text=True,
     )
     job_file = sweep / f"0_value={value}" / "job.json"
-    _wait_for(job_file)
-    orphan = json.loads(job_file.read_text())["orphan_pid"]
-    assert _alive(orphan)
-    sweep_proc.send_signal(signum)
-    _, stderr = sweep_proc.communicate(timeout=60)
+    try:
+        _wait_for(job_file, sweep_proc)
+        orphan = json.loads(job_file.read_text())["orphan_pid"]
+        assert _alive(orphan)
+        sweep_proc.send_signal(signum)
+        _, stderr = sweep_proc.communicate(timeout=300)
+    finally:
+        _stop(sweep_proc)
     assert sweep_proc.returncode == -signum, stderr[-2000:]  # ends the way the signal would have ended it
     assert not _alive(orphan)
     records = read_summary(sweep)

@@ -170,13 +170,18 @@ def test_interrupting_a_sweep_leaves_no_rank_behind(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + SWEEP_TIMEOUT_S
-    while len(list(sweep.glob("0_*/ranks/rank*.json"))) < 2:  # both ranks are fitting
-        assert proc.poll() is None and time.monotonic() < deadline, "the first job never started fitting"
-        time.sleep(0.5)
-    assert len(_processes_mentioning(str(sweep))) >= 3  # torchrun + 2 ranks
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while len(list(sweep.glob("0_*/ranks/rank*.json"))) < 2:  # both ranks are fitting
+            assert proc.poll() is None and time.monotonic() < deadline, "the first job never started fitting"
+            time.sleep(0.5)
+        assert len(_processes_mentioning(str(sweep))) >= 3  # torchrun + 2 ranks
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:  # a failed assertion must not leave the sweep training
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGINT, stderr[-3000:]
     assert _processes_mentioning(str(sweep)) == []
     records = read_summary(sweep)
