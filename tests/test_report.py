@@ -234,7 +234,10 @@ def test_unlike_jobs_are_not_averaged(tmp_path: Path, compose: Callable[..., Dic
     assert len(psnr) == 2
     by_width = {("hr_patch_size=64" in v): row[6] for v, row in psnr.items()}
     assert by_width == {True: "30", False: "21"}
-    assert "| √ (`ablation=none`; `hr_patch_size=96`) | 21.00 (n=2) | 20.00 (n=2) | recorded |" in report.markdown
+    assert (
+        "| √ (`ablation=none`; `hr_patch_size=96`) | 21.00 (n=2) | 20.00 (n=2) | recorded |"
+        in report.markdown
+    )
 
 
 def test_interrupted_not_started_and_incomplete_are_not_failed(
