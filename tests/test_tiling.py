@@ -20,6 +20,7 @@ from dgggan_pl.tiling import (
     count_local_ops,
     count_tile_steps,
     encode_tiled,
+    estimate_memory,
     hr_stage_radius,
     map_tiles,
     receptive_radius,
@@ -175,3 +176,18 @@ def test_weights_made_in_inference_mode_are_a_clear_error() -> None:
         generator = _tiny()
     with pytest.raises(ValueError, match="outside inference_mode"):
         upscale_tiled(generator, torch.rand(1, 3, 8, 8), tile=4)
+
+
+@pytest.mark.parametrize(("use_gradient_branch", "maps"), [(True, 5), (False, 3)])
+def test_memory_estimate_counts_the_whole_image_maps(use_gradient_branch: bool, maps: int) -> None:
+    """2 x branches + 1 C-channel float maps and the LR input in the LR stage; uint8 output; tile grows with tile."""
+    generator = _tiny(use_gradient_branch)
+    estimate = estimate_memory(generator, 100, 60, tile=16)
+    assert estimate.lr_stage == (3 + maps * 8) * 100 * 60 * 4
+    assert estimate.hr_stage == (3 + (maps - 1) // 2 * 8) * 100 * 60 * 4
+    assert estimate.output == 3 * 16 * 100 * 60 and estimate.gate_map == 8 * 100 * 60 * 4
+    assert estimate_memory(generator, 100, 60, tile=32).tile > estimate.tile
+    assert (
+        estimate_memory(generator, 100, 60, tile=0).tile > estimate_memory(generator, 100, 60, tile=32).tile
+    )
+    assert estimate.peak == max(estimate.lr_stage, estimate.hr_stage + estimate.output) + estimate.tile

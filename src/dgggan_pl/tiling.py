@@ -225,13 +225,15 @@ class MemoryEstimate(NamedTuple):
 
     `lr_stage`: peak of the whole-image LR maps during the LR stage (on `lr`'s device); `hr_stage`: the LR
     maps the HR stage reads; `output`: the uint8 SR image (allocated after the LR stage); `tile`: one
-    tile's activations on the generator's device, the larger of the two stages'.
+    tile's activations on the generator's device, the larger of the two stages'; `gate_map`: the one
+    whole C-channel map each SE gate pools on the generator's device.
     """
 
     lr_stage: int
     hr_stage: int
     output: int
     tile: int
+    gate_map: int
 
     @property
     def peak(self) -> int:
@@ -273,6 +275,7 @@ def estimate_memory(
         hr_stage=lr_input + branches * channels * map_bytes,
         output=output,
         tile=max(lr_floats, hr_floats) * channels * next(generator.parameters()).element_size(),
+        gate_map=channels * map_bytes,
     )
 
 

@@ -225,7 +225,7 @@ def memory_needed(
         f"LR feature maps {estimate.lr_stage / GIB:.2f}, output {estimate.output / GIB:.2f} + "
         f"{(writing - estimate.output) / GIB:.2f} to write it, tile {estimate.tile / GIB:.2f}"
     )
-    return MemoryNeed(host, parts, tile_on_host, estimate.tile if on_gpu else 0)
+    return MemoryNeed(host, parts, tile_on_host, estimate.tile + estimate.gate_map if on_gpu else 0)
 
 
 def check_memory(
@@ -248,8 +248,8 @@ def check_memory(
         free = torch.cuda.mem_get_info(next(generator.parameters()).device)[0]
         if need.gpu > free:
             raise InsufficientMemoryError(
-                f"{size}: one tile needs about {need.gpu / GIB:.2f} GiB of GPU memory but {free / GIB:.2f} GiB "
-                "is free; use a smaller --tile"
+                f"{size}: one tile and one SE gate's map need about {need.gpu / GIB:.2f} GiB of GPU memory but "
+                f"{free / GIB:.2f} GiB is free; use a smaller --tile, or --device cpu"
             )
 
 
