@@ -1,8 +1,11 @@
-"""CPU time and peak RSS of x4 upscaling DIV2K 0853 (510x339 -> 2040x1356), tiled vs untiled, side by side.
+"""CPU time and peak RSS of x4 upscaling DIV2K 0853 (510x339 -> 2040x1356), tiled vs untiled, and
+contiguous vs channels_last, side by side.
 
-Goals (issue 7): peak RSS < 2 GB tiled; tiling overhead < 15 % of the untiled time.
+Goals (issue 7): peak RSS < 2 GB tiled; tiling overhead < 15 % of the untiled time. Issue 16: use
+channels_last where it is faster.
 
     .venv/bin/python benchmarks/bench_upscale.py [--models dgggan dgggan_lite] [--tiles 64 128] [--threads 1]
+        [--formats contiguous channels_last] [--skip-untiled]
 
 Each (model, mode) runs in its own subprocess, so that `ru_maxrss` is that run's peak alone. Weights are
 random (seed 0): timing and memory do not depend on their values. The tiled and untiled SR images are
@@ -39,7 +42,10 @@ def image_path() -> Path:
     return path
 
 
-def child(model: str, tile: int, threads: int, out: Path) -> None:
+FORMATS = ("contiguous", "channels_last")
+
+
+def child(model: str, tile: int, threads: int, out: Path, memory_format: str) -> None:
     """One measured run; prints a JSON line with wall/CPU seconds and peak RSS."""
     import torch
 
@@ -54,6 +60,9 @@ def child(model: str, tile: int, threads: int, out: Path) -> None:
     torch.manual_seed(0)
     generator = instantiate(compose_config([f"model={model}"]).model.generator).eval()
     lr = to_float(read_image(image_path())).unsqueeze(0)
+    if memory_format == "channels_last":  # as `upscale --channels-last` does
+        generator = generator.to(memory_format=torch.channels_last)
+        lr = lr.contiguous(memory_format=torch.channels_last)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
     wall, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
@@ -63,6 +72,7 @@ def child(model: str, tile: int, threads: int, out: Path) -> None:
     result = {
         "model": model,
         "tile": tile,
+        "format": memory_format,
         "wall_s": wall,
         "cpu_s": cpu,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB,
@@ -73,39 +83,58 @@ def child(model: str, tile: int, threads: int, out: Path) -> None:
     print(json.dumps(result))
 
 
-def measure(model: str, tile: int, threads: int, out: Path) -> dict:
+def measure(model: str, tile: int, threads: int, out: Path, memory_format: str) -> dict:
     command = [sys.executable, __file__, "--child", "--models", model, "--tiles", str(tile)]
-    command += ["--threads", str(threads), "--out", str(out)]
+    command += ["--threads", str(threads), "--out", str(out), "--formats", memory_format]
     completed = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
     if completed.returncode != 0:
-        sys.exit(f"child run failed ({model}, tile {tile}):\n{completed.stderr}")
+        sys.exit(f"child run failed ({model}, tile {tile}, {memory_format}):\n{completed.stderr}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def report(model: str, runs: dict[int, dict], outputs: dict[int, Path]) -> None:
+Key = tuple[int, str]  # (tile, memory format)
+
+
+def _gap(outputs: dict[Key, Path], a: Key, b: Key) -> float:
     import torch
 
+    return (torch.load(outputs[a]) - torch.load(outputs[b])).abs().max().item()
+
+
+def report(model: str, runs: dict[Key, dict], outputs: dict[Key, Path]) -> None:
     gib = 1024**3
-    for tile, r in runs.items():
+    for (tile, memory_format), r in runs.items():
         mode = f"tiled {tile}" if tile else "untiled"
         print(
-            f"{model:12s} {mode:10s} wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  "
+            f"{model:12s} {mode:10s} {memory_format:13s} wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  "
             f"peak RSS {r['peak_rss'] / gib:5.2f} GiB (model loaded: {r['rss_before'] / gib:4.2f})  "
             f"threads {r['threads']}  out {r['shape']}"
         )
-    tiled = [t for t in runs if t]
-    if 0 in runs:
-        for tile in tiled:
-            wall = runs[tile]["wall_s"] / runs[0]["wall_s"] - 1
-            cpu = runs[tile]["cpu_s"] / runs[0]["cpu_s"] - 1
-            gap = (torch.load(outputs[tile]) - torch.load(outputs[0])).abs().max().item()
+    for tile, memory_format in runs:
+        untiled = (0, memory_format)
+        if tile and untiled in runs:
+            r, base = runs[(tile, memory_format)], runs[untiled]
+            wall, cpu = r["wall_s"] / base["wall_s"] - 1, r["cpu_s"] / base["cpu_s"] - 1
             print(
-                f"{model:12s} tiled {tile}: overhead {cpu:+.1%} CPU time, {wall:+.1%} wall time vs untiled "
-                f"(goal < {OVERHEAD_GOAL:.0%}); max |tiled - untiled| = {gap:.2e} (goal <= 1/255)"
+                f"{model:12s} tiled {tile} {memory_format}: overhead {cpu:+.1%} CPU time, {wall:+.1%} wall time vs "
+                f"untiled (goal < {OVERHEAD_GOAL:.0%}); max |tiled - untiled| = "
+                f"{_gap(outputs, (tile, memory_format), untiled):.2e} (goal <= 1/255)"
             )
-    for tile in tiled:
-        ok = runs[tile]["peak_rss"] < RSS_GOAL_BYTES
-        print(f"{model:12s} tiled {tile}: peak RSS goal < 2 GiB {'met' if ok else 'MISSED'}")
+        if tile:
+            ok = runs[(tile, memory_format)]["peak_rss"] < RSS_GOAL_BYTES
+            print(
+                f"{model:12s} tiled {tile} {memory_format}: peak RSS goal < 2 GiB {'met' if ok else 'MISSED'}"
+            )
+    for tile in sorted({t for t, _ in runs}):
+        contiguous, channels_last = (tile, FORMATS[0]), (tile, FORMATS[1])
+        if contiguous in runs and channels_last in runs:
+            a, b = runs[contiguous], runs[channels_last]
+            mode = f"tiled {tile}" if tile else "untiled"
+            print(
+                f"{model:12s} {mode}: channels_last / contiguous = {b['cpu_s'] / a['cpu_s']:.3f}x CPU time, "
+                f"{b['wall_s'] / a['wall_s']:.3f}x wall time; max |difference| = "
+                f"{_gap(outputs, contiguous, channels_last):.2e}"
+            )
 
 
 def main() -> None:
@@ -124,19 +153,21 @@ def main() -> None:
     parser.add_argument(
         "--skip-untiled", action="store_true", help="when the untiled run does not fit in RAM"
     )
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="memory formats")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.models[0], args.tiles[0], args.threads, args.out)
+        child(args.models[0], args.tiles[0], args.threads, args.out, args.formats[0])
         return
     threads = args.threads or "torch default"
     print(f"image {image_path()}; torch threads per run: {threads}; {os.cpu_count()} CPUs; random weights")
     with tempfile.TemporaryDirectory() as scratch:
         for model in args.models:
             tiles = args.tiles if args.skip_untiled else [*args.tiles, 0]
-            outputs = {tile: Path(scratch) / f"{model}-{tile}.pt" for tile in tiles}
-            runs = {tile: measure(model, tile, args.threads, outputs[tile]) for tile in tiles}
+            keys = [(tile, memory_format) for tile in tiles for memory_format in args.formats]
+            outputs = {key: Path(scratch) / f"{model}-{key[0]}-{key[1]}.pt" for key in keys}
+            runs = {key: measure(model, *key[:1], args.threads, outputs[key], key[1]) for key in keys}
             report(model, runs, outputs)
 
 
