@@ -20,6 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +29,7 @@ from dgggan_pl.callbacks.iteration import IterationAxis
 from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
 from dgggan_pl.complexity import count_parameters
 from dgggan_pl.config import config_dir
-from dgggan_pl.data.datamodule import per_process_batch
+from dgggan_pl.data.datamodule import SRDataModule, per_process_batch
 from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavailable
 from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.suite import METRICS
@@ -117,14 +118,19 @@ def write_resolved_config(cfg: DictConfig, output_dir: Path, attempt: str) -> No
     write_text_atomic(path, text)
 
 
+def _global_rank() -> int:
+    """This process's rank (Lightning sets `rank_zero_only.rank` at runtime; its type does not declare it)."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 def build_module(cfg: DictConfig) -> DGGGANModule:
     """The LightningModule from plain containers (checkpoints then load with weights_only=True)."""
-    containers = {
+    containers: dict[str, Any] = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else None
         for key in ("model", "loss", "optim", "metrics")
     }
     # The evaluation set names in the datamodule's dataloader order (SRDataModule: sets, then sources).
-    set_names = {
+    set_names: dict[str, Any] = {
         f"{stage}_sets": [*cfg.data.get(f"{stage}_sets", []), *(cfg.data.get(f"{stage}_sources") or {})]
         for stage in ("val", "test")
     }
@@ -166,7 +172,7 @@ def log_run_summary(loggers: list[Logger], cfg: DictConfig, module: DGGGANModule
     run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams({"run": run_config, **summary})
-        if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+        if isinstance(logger, WandbLogger) and _global_rank() == 0:
             logger.experiment.summary.update(summary)
 
 
@@ -187,7 +193,7 @@ def evaluate_checkpoints(
     """Test `last.ckpt` and then the selected checkpoint; returns the selected one's `test/...` metrics and
     the record of both (path, iteration, metrics) with how the selected one was chosen."""
     callback = trainer.checkpoint_callback
-    if callback is None:  # no checkpoints: test the weights in memory
+    if not isinstance(callback, ModelCheckpoint):  # no checkpoints: test the weights in memory
         trainer.test(module, datamodule=datamodule)
         return _float_metrics(trainer.callback_metrics, ("test/",)), {}
     record: dict[str, Any] = {}
@@ -218,7 +224,7 @@ def run_fit_and_test(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, then test the selected and the last checkpoint; returns the final metrics (those of the selected
     checkpoint's test) and the checkpoint record for run_info.json."""
-    datamodule: LightningDataModule = instantiate(cfg.data)
+    datamodule: SRDataModule = instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = [
         *instantiate_callbacks(cfg.get("callbacks"), unavailable),
@@ -264,7 +270,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume"))
     pl.seed_everything(cfg.seed, workers=True)
     attempt = attempt_stamp()
-    if ckpt_path is not None and rank_zero_only.rank == 0:
+    if ckpt_path is not None and _global_rank() == 0:
         remove_stale_temp_files(output_dir)
     record = RunRecord(cfg, output_dir, attempt)
     record.start()

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -123,7 +124,9 @@ class DDPLauncher(Launcher):
     def _prepare(self, job: JobRecord, ret: JobReturn, cuda_count: int) -> list[str] | None:
         """Compose one job and build its command; a job that cannot be composed fails alone."""
         try:
-            sweep_config = job_config(self.hydra_context, self.config, job.overrides, job.num)
+            # set by setup(), which Hydra calls before launch()
+            context, config = cast(HydraContext, self.hydra_context), cast(DictConfig, self.config)
+            sweep_config = job_config(context, config, job.overrides, job.num)
             ret.cfg, ret.hydra_cfg = _split_config(sweep_config)
             job.output_dir = str(Path(str(sweep_config.hydra.runtime.output_dir)))
             trainer = self._trainer_values(sweep_config)
@@ -144,9 +147,13 @@ class DDPLauncher(Launcher):
             overrides = with_wandb_group(
                 [*job.overrides, *extra], sweep_config, self.wandb_group_key, self.wandb_group
             )
-            hydra_overrides = forwarded_hydra_overrides(list(self.config.hydra.overrides.hydra))
+            hydra_overrides = forwarded_hydra_overrides(list(config.hydra.overrides.hydra))
             job.command = job_command(
-                self.app, [*hydra_overrides, *overrides], Path(job.output_dir), job.num, job.processes
+                cast(AppTarget, self.app),
+                [*hydra_overrides, *overrides],
+                Path(job.output_dir),
+                job.num,
+                job.processes,
             )
         except Exception as err:  # a bad override fails this job only
             job.status, job.error = FAILED, f"config: {type(err).__name__}: {err}"
