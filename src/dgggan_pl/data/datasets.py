@@ -152,7 +152,9 @@ class InMemoryFolders:
 
     def __init__(self, hr_dirs: Sequence[str | os.PathLike]) -> None:
         if not hr_dirs:
-            raise ValueError("InMemoryFolders needs at least one folder (config key data.train_source.hr_dirs)")
+            raise ValueError(
+                "InMemoryFolders needs at least one folder (config key data.train_source.hr_dirs)"
+            )
         self.hr_paths = [path for folder in hr_dirs for path in list_images(folder, what="training HR")]
         self.images = [read_image(path) for path in self.hr_paths]
 
