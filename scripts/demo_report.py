@@ -47,10 +47,6 @@ def metrics_table(run_metrics: dict[str, float], bicubic: dict, unavailable: dic
         difference = [f"{model[m] - values[m]:+.4f}" if m in model and m in values else "" for m in METRICS]
         rows.append(f"| {set_name} | **demo - bicubic** | " + " | ".join(difference) + " |")
     notes = [f"- {metric}: unavailable ({reason})" for metric, reason in sorted(unavailable.items())]
-    if not any(key.endswith("/lpips") for key in run_metrics):
-        notes.append(
-            "- lpips: off in the demo (metrics.lpips=disabled: it needs torchvision's ImageNet AlexNet)"
-        )
     return "\n".join(rows + ["", *notes]) + "\n"
 
 
