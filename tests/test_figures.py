@@ -20,6 +20,7 @@ from dgggan_pl.data.datasets import BenchmarkDataset
 from dgggan_pl.data.io import read_image, save_image
 from dgggan_pl.figures import GAP, FigureError, crop_box, make_figures
 from dgggan_pl.methods import bicubic_upscaler
+from dgggan_pl.metrics.suite import _shared_lpips
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -70,6 +71,7 @@ def figures(data_dir: Path, tmp_path_factory) -> Path:
     for item in BenchmarkDataset(data_dir / "sr-benchmarks" / "Set5", 4):
         save_image(upscale(item["lr"][None])[0], root / "PUB" / "Set5" / f"{item['name']}_SR.png")
     models = f'models=[bicubic,{ckpt},"results:Published={root / "PUB"}"]'
+    _shared_lpips.cache_clear()  # the shared LPIPS network warns when built: build it afresh for this check
     with pytest.warns(UserWarning, match="RANDOM"):
         make_figures(_config(data_dir, root / "out", models, "labels=[Bicubic,tiny,Published]"))
     return root / "out"
