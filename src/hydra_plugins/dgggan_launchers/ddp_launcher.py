@@ -58,7 +58,7 @@ class DDPLauncher(Launcher):
         wandb_group_key: str | None,
         wandb_group: str | None,
         all_gpus: bool = True,
-        ddp_strategy: str = "ddp_find_unused_parameters_true",
+        ddp_strategy: str = "ddp_step_sync",
         gpus_per_job: int | None = None,
         parallel_jobs: int | None = None,
         kill_grace_s: float = 45.0,
