@@ -204,7 +204,7 @@ def test_mission_command_and_report_with_a_baseline(tmp_path: Path) -> None:
     for record in records:
         hydra_cfg = OmegaConf.load(Path(record.output_dir) / ".hydra" / "hydra.yaml").hydra
         assert "+hydra.job.env_set.DGGGAN_SWEEP_FLAG=1" in hydra_cfg.overrides.hydra
-        assert hydra_cfg.job.env_set.DGGGAN_SWEEP_FLAG == 1
+        assert str(hydra_cfg.job.env_set.DGGGAN_SWEEP_FLAG) == "1"  # environment values are strings
     with pytest.raises(SystemExit) as exit_info:
         report_main([str(sweep), "--strict"])
     assert exit_info.value.code == 1
@@ -227,9 +227,9 @@ def test_mission_command_and_report_with_a_baseline(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="timing-sensitive: submitit installs its USR2 handler only after the job has unpickled, so a job whose "
-    "start-up exceeds timeout_min=1 minus the signal lead is killed; seen failing once at load ~15 (not yet seen "
-    "passing). The mechanism itself is covered by tests/test_requeue.py.",
+    reason="not yet seen passing on the 2-core box: once the job was killed during start-up (submitit installs its "
+    "USR2 handler only after unpickling), once it was requeued and resumed but the last saved optimizer step was 167 "
+    "of 240. Open in issue 12; the deferred-signal mechanism itself is covered by tests/test_requeue.py.",
     strict=False,
 )
 def test_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
