@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from dgggan_pl.data.datasets import FolderPairs, TrainPatchDataset
 from dgggan_pl.data.packed import PackedPairs, pack_folder
-from dgggan_pl.data.samplers import EpochSeededSampler
+from dgggan_pl.data.seeded_samplers import EpochSeededSampler
 from dgggan_pl.prepare import HR_SUBDIR, LR_SUBDIR, prepare
 
 SCALE = 4

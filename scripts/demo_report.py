@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from dgggan_pl.data.datamodule import SRDataModule
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.io import save_image, to_float
-from dgggan_pl.data.sample import load_sample_image
+from dgggan_pl.data.sample_images import load_sample_image
 from dgggan_pl.data.transforms import mod_crop
 from dgggan_pl.utils.atomic import write_text_atomic
 

@@ -20,9 +20,9 @@ from PIL import Image
 from dgggan_pl.data.datamodule import SRDataModule
 from dgggan_pl.data.datasets import FolderPairs, TrainPatchDataset
 from dgggan_pl.data.imresize import imresize
-from dgggan_pl.data.sample import SampleImages
-from dgggan_pl.data.samplers import EpochSeededSampler, evaluation_sampler
-from dgggan_pl.data.sampling import ResumableLoader, SkippingEpochSampler
+from dgggan_pl.data.resumable_loader import ResumableLoader, SkippingEpochSampler
+from dgggan_pl.data.sample_images import SampleImages
+from dgggan_pl.data.seeded_samplers import EpochSeededSampler, evaluation_sampler
 
 SCALE = 4
 PATCH = 32  # HR crop in these tests (LR 8): tiny and fast

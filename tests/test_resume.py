@@ -1,6 +1,6 @@
 """Exact resume: N iterations straight == N/2, then `ckpt_path=last`, then N/2 more (bit for bit, CPU).
 
-The stateful training loader (`dgggan_pl.data.sampling.ResumableLoader`) makes this hold mid-epoch too.
+The stateful training loader (`dgggan_pl.data.resumable_loader.ResumableLoader`) makes this hold mid-epoch too.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from dgggan_pl.data.datasets import (
     TrainPatchDataset,
     WholeImageDataset,
 )
-from dgggan_pl.data.samplers import evaluation_sampler
-from dgggan_pl.data.sampling import ResumableLoader, SkippingEpochSampler
+from dgggan_pl.data.resumable_loader import ResumableLoader, SkippingEpochSampler
+from dgggan_pl.data.seeded_samplers import evaluation_sampler
 from dgggan_pl.validation import ConfigError
 
 SourceFactory = Callable[[], PairSource]
@@ -169,7 +169,7 @@ class SRDataModule(pl.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled crops; stateful, so `ckpt_path=last` resumes mid-epoch exactly (see `data/sampling.py`)."""
+        """Shuffled crops; stateful, so `ckpt_path=last` resumes mid-epoch exactly (see `data/resumable_loader.py`)."""
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None

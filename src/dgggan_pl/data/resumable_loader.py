@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from dgggan_pl.data.samplers import EpochSeededSampler
+from dgggan_pl.data.seeded_samplers import EpochSeededSampler
 
 __all__ = ["ResumableLoader", "SkippingEpochSampler"]
 
