@@ -28,6 +28,7 @@ def test_every_entry_point_is_declared_and_loads() -> None:
         assert callable(entry.load()), entry.value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["dgggan-export", "dgggan-evaluate"])
 def test_script_runs_from_the_venv_bin(script: str) -> None:
     """One argparse and one Hydra entry point, started as a user would after `make install`."""

@@ -115,6 +115,7 @@ def test_evaluate_requires_the_niqe_model(compose, data_dir: Path, tmp_path: Pat
         evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_offline_cli_fails_fast_one_line_per_missing_file(data_dir: Path, tmp_path: Path) -> None:
     """The README's plain command offline: exit 2, one line per missing file naming the override, no traceback."""
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "DGGGAN_DATA_DIR": str(tmp_path / "nodata")}

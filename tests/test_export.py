@@ -18,6 +18,7 @@ from dgggan_pl.weights import load_generator
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_export_ema_to_safetensors_and_onnx(tiny_generator_checkpoint, tmp_path: Path, capsys) -> None:
     checkpoint = tiny_generator_checkpoint(ema=True)
     out = tmp_path / "exported"
@@ -110,6 +111,7 @@ def test_read_only_output_folder_is_one_line(tiny_generator_checkpoint, tmp_path
     assert capsys.readouterr().err.startswith(f"error: cannot write to {out}")
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_with_a_bicubic_global_skip(
     tiny_generator_checkpoint, tmp_path: Path, capsys
 ) -> None:

@@ -96,7 +96,13 @@ def _bicubic_row(benchmark_dir: Path, set_name: str) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize(
-    "set_name", ["Set5", "Set14", "BSD100", pytest.param("Urban100", marks=pytest.mark.slow)]
+    "set_name",
+    [
+        "Set5",
+        "Set14",
+        pytest.param("BSD100", marks=pytest.mark.slow),
+        pytest.param("Urban100", marks=pytest.mark.slow),
+    ],
 )
 def test_bicubic_reproduces_the_published_rows(benchmark_dir: Path, set_name: str) -> None:
     psnr, ssim = _bicubic_row(benchmark_dir, set_name)

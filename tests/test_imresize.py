@@ -30,7 +30,10 @@ def _pairs(benchmark_dir: Path, set_name: str) -> list[tuple[Path, Path]]:
     return [(p, benchmark_dir / set_name / "LR_bicubic" / f"X{SCALE}" / p.name) for p in hr_paths]
 
 
-@pytest.mark.parametrize("set_name", BENCHMARKS)
+@pytest.mark.parametrize(
+    "set_name",
+    [pytest.param(name, marks=pytest.mark.slow) if name == "Urban100" else name for name in BENCHMARKS],
+)
 def test_parity_with_shipped_matlab_lr(benchmark_dir: Path, set_name: str) -> None:
     """Every pair: x1/4 of the mod-cropped HR equals the MATLAB-made LR away from a 2-pixel border."""
     failures = []

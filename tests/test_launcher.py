@@ -186,6 +186,7 @@ def _toy_app(tmp_path: Path) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_toy_sweep_runs_each_job_fresh_and_reports_failure(tmp_path: Path) -> None:
     """Three 1-process jobs of a toy app: one fails, the others complete; env leaks never reach a job."""
     sweep = _toy_app(tmp_path)
@@ -267,6 +268,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300) -> Non
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "value"),
     [(signal.SIGINT, "hang"), (signal.SIGTERM, "stubborn")],  # SIGHUP takes the same path
@@ -299,6 +301,7 @@ def test_interrupted_toy_sweep_leaves_no_process_and_says_so(tmp_path: Path, sig
     assert not (sweep / "1_value=never").exists()
 
 
+@pytest.mark.slow
 def test_command_line_hydra_overrides_reach_the_jobs(tmp_path: Path) -> None:
     """`+hydra.job.env_set...`, `hydra.job.chdir`, `hydra/job_logging`, `hydra.verbose` typed for a sweep are
     in each job's own `.hydra/hydra.yaml` and take effect there; sweep-only keys are not forwarded."""

@@ -1,4 +1,4 @@
-"""The demo's training makes no network attempt, and says each unavailable metric's reason once (issue 16.3)."""
+"""The demo's training makes no network attempt, and says each unavailable metric's reason once."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Every way out of the process raises and leaves a mark on stderr.
@@ -23,6 +25,7 @@ runpy.run_module("dgggan_pl.train", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_demo_training_offline_has_no_network_attempt_and_no_repeats(tmp_path: Path) -> None:
     env = {
         **os.environ,

@@ -176,6 +176,7 @@ def test_checkpoint_write_interrupted_keeps_the_previous_file(tmp_path, monkeypa
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_bf16_autocast_smoke_run_keeps_a_finite_penalty(compose, tmp_path) -> None:
     run(compose, tmp_path, ["experiment=full", "trainer.precision=bf16-mixed", "data.test_sources={}"])
     (metrics_file,) = tmp_path.glob("csv/version_*/metrics.csv")

@@ -50,6 +50,7 @@ def test_ddp_without_gpus_points_to_ddp_cpu(compose) -> None:
     check_config(compose(["trainer=ddp_cpu", "paths.output_dir=unused"]), cuda_available=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "first_words"),
     [
