@@ -78,9 +78,12 @@ def test_signal_while_fitting_saves_last_then_requeues(tmp_path: Path, submitit_
     assert [signum for signum, _ in submitit_handler] == [signal.SIGUSR2]  # handed over once, after saving
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 8  # the batch in flight finished, then last.ckpt was written
-    resumed = _trainer(tmp_path / "again")
+    resumed = _trainer(tmp_path)  # the requeued job: the same run folder
     resumed.fit(_Tiny(), ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert resumed.global_step == 20  # the requeued job continues the count to the end
+    # ... and its final last.ckpt replaces the requeue one (not last-v1.ckpt beside a stale last.ckpt).
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+    assert not list((tmp_path / "checkpoints").glob("last-v*.ckpt"))
 
 
 def test_without_the_callback_the_signal_is_submitits_at_once(tmp_path: Path, submitit_handler: list) -> None:

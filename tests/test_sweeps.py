@@ -226,12 +226,6 @@ def test_mission_command_and_report_with_a_baseline(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="not yet seen passing on the 2-core box: once the job was killed during start-up (submitit installs its "
-    "USR2 handler only after unpickling), once it was requeued and resumed but the last saved optimizer step was 167 "
-    "of 240. Open in issue 12; the deferred-signal mechanism itself is covered by tests/test_requeue.py.",
-    strict=False,
-)
 def test_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     """hydra/launcher=slurm_local with timeout_min=1: submitit signals USR2 5 s before the limit, the job saves
     last.ckpt at the next batch end and is requeued with ckpt_path=last; it continues the iteration count
@@ -271,3 +265,6 @@ def test_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     assert saved and saved[0] > 0  # the first attempt had trained when it was signalled
     assert "Restored all states from the checkpoint" in log_text + submitit_log
     assert info["checkpoints"]["last"]["iteration"] == iterations  # finished, counting on from the checkpoint
+    assert not list(
+        (job_dir / "checkpoints").glob("last-v*.ckpt")
+    )  # the final last.ckpt replaced the requeue one

@@ -79,6 +79,10 @@ class RequeueCheckpoint(Callback):
         if not pending:
             return
         path = last_checkpoint_path(trainer)
+        # Registered as the checkpoint callback's own last.ckpt (part of the saved state): otherwise the resumed
+        # job finds a last.ckpt it did not write and saves its final one as last-v1.ckpt, leaving last.ckpt
+        # (what run_info and `ckpt_path=last` read) at the requeue step.
+        trainer.checkpoint_callback.last_model_path = str(path)  # type: ignore[union-attr]
         trainer.save_checkpoint(path)
         log.warning(
             f"saved {path} at optimizer step {trainer.global_step}; handing over to submitit's requeue"
