@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -27,8 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGE = Path("DIV2K-sample/LR_bicubic/X4/0853x4.png")
+from bench_upscale import REPO_ROOT, image_path  # the same DIV2K input and data-folder lookup
+
 KIB = 1024  # Linux reports ru_maxrss in KiB
 GIB = 1024**3
 GOAL_OUTPUT_FACTOR, GOAL_EXTRA_BYTES = 2.5, GIB
@@ -41,16 +40,6 @@ TINY_GENERATOR = {
 }
 
 
-def source_image() -> Path:
-    data_dir = Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-    path = data_dir / IMAGE
-    if not path.is_file():
-        sys.exit(
-            f"benchmark image not found: {path} (set DGGGAN_DATA_DIR to the folder holding {IMAGE.parts[0]}/)"
-        )
-    return path
-
-
 def prepare(scratch: Path, size: tuple[int, int]) -> tuple[Path, Path]:
     """The resized input PNG and a Lightning-style checkpoint of the tiny generator."""
     import torch
@@ -58,7 +47,7 @@ def prepare(scratch: Path, size: tuple[int, int]) -> tuple[Path, Path]:
     from PIL import Image
 
     image = scratch / "input.png"
-    with Image.open(source_image()) as source:
+    with Image.open(image_path()) as source:
         source.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(image)
     torch.manual_seed(0)
     state = {f"generator.{k}": v for k, v in instantiate(TINY_GENERATOR).state_dict().items()}

@@ -6,6 +6,7 @@ import pytest
 
 from dgggan_pl.objective import critic_inputs
 from dgggan_pl.train import derive_max_steps
+from test_objective import WEIGHTS as PAPER_WEIGHTS  # eq. 7's weights, stated once
 
 EXPERIMENTS = ["pretrain", "full", "demo"]
 ABLATIONS = ["none", "no_grad", "no_se"]
@@ -14,14 +15,7 @@ ABLATIONS = ["none", "no_grad", "no_se"]
 def test_full_is_the_paper(compose) -> None:
     cfg = compose(["experiment=full"])
     weights = {name: term.weight for name, term in cfg.loss.terms.items()}
-    assert weights == {
-        "percept": 1.0,
-        "pixel": 0.01,
-        "grad_img": 0.01,
-        "adv": 0.005,
-        "adv_grad": 0.005,
-        "grad_branch": 0.5,
-    }
+    assert weights == PAPER_WEIGHTS
     assert cfg.loss.critic_loss.gp_weight == 10.0 and cfg.loss.terms.percept.loss.layer == 35
     assert critic_inputs(cfg.loss) == {"image_critic": "sr", "gradient_critic": "sr_gradient"}
     assert cfg.optim.generator.lr == 1e-4 and list(cfg.optim.generator.betas) == [0.9, 0.999]

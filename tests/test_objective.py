@@ -16,7 +16,7 @@ from dgggan_pl.module import DGGGANModule
 from dgggan_pl.objective import Objective, check_model, critic_inputs, optimizer_steps, term_specs
 from dgggan_pl.train import derive_max_steps
 
-WEIGHTS = {
+WEIGHTS = {  # eq. 7's weights in the paper (experiment=full)
     "percept": 1.0,
     "pixel": 0.01,
     "grad_img": 0.01,
