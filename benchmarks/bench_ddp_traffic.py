@@ -24,6 +24,7 @@ from statistics import mean
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
+from dgggan_pl.launch.commands import clean_env
 from dgggan_pl.strategies import StepSyncDDPStrategy
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -117,12 +118,10 @@ def run(name: str, strategy: str, workdir: Path, iterations: int) -> dict:
         f"hydra.run.dir={out / 'run'}",
     ]
     env = {
-        **os.environ,
+        **clean_env(os.environ),  # no process-group layout leaks in from the caller
         OUT_ENV: str(out),
         "PYTHONPATH": f"{BENCH_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if result.returncode != 0:
         raise SystemExit(f"{name} run failed:\n{result.stderr[-3000:]}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from torch.optim import Optimizer
 
+from dgggan_pl.launch.commands import clean_env
 from dgggan_pl.strategies import StepSyncDDPStrategy
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -44,9 +45,10 @@ def train_ddp(output_dir: Path, *extra: str) -> list[dict]:
         f"hydra.run.dir={output_dir}",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = {
+        **clean_env(os.environ),
+        "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads((output_dir / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
