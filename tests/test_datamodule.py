@@ -257,8 +257,11 @@ def test_ddp_shards_partition_training_and_evaluation() -> None:
     assert not set(keys[0]) & set(keys[1])
     assert sorted(i for _, i in keys[0] + keys[1]) == list(range(10))
     shards = [list(evaluation_sampler(range(5), num_replicas=2, rank=r)) for r in (0, 1)]
-    assert sorted(shards[0] + shards[1]) == list(range(5))  # every image exactly once, none padded in
+    # padded to equal shards: every image at least once, the repeat de-duplicated by the metrics (by name)
+    assert shards == [[0, 2, 4], [1, 3, 0]]
     assert list(evaluation_sampler(range(5), num_replicas=1, rank=0)) == list(range(5))
+    # more ranks than images: every rank still gets one (no rank without a validation step)
+    assert [list(evaluation_sampler(range(2), num_replicas=3, rank=r)) for r in range(3)] == [[0], [1], [0]]
 
 
 def test_patch_not_divisible_names_key(compose: Callable[..., DictConfig]) -> None:

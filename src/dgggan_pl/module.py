@@ -268,8 +268,15 @@ class DGGGANModule(LightningModule):
                 continue
             for key, value in self._metrics[name].compute().items():
                 # BenchmarkMetrics is already synchronised across ranks (torchmetrics states), so every rank
-                # holds the same value; sync_dist averages identical numbers and keeps Lightning quiet.
-                self.log(f"{prefix}/{name}/{key}", float(value), add_dataloader_idx=False, sync_dist=True)
+                # holds the same value. sync_dist keeps Lightning quiet; "max" of identical numbers is exact,
+                # where a mean (sum / world size) may move the last bit and part from the 1-process value.
+                self.log(
+                    f"{prefix}/{name}/{key}",
+                    float(value),
+                    add_dataloader_idx=False,
+                    sync_dist=True,
+                    reduce_fx="max",
+                )
             self._metrics[name].reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -5,6 +5,9 @@ with repeated images when its size is not divisible by the world size, so a plai
 those twice. Here each image's score is stored with a key (a stable 63-bit hash of its name) in `cat`-reduced
 list states; `compute` drops repeated keys, then averages the scores in sorted order, so the result is the same
 bit for bit whether images come one by one, in batches, or spread over ranks.
+A rank that scored no image still joins the gather with empty states of the right dtypes (float64 scores,
+int64 keys): torchmetrics' own placeholder is float32 for both, which gloo refuses ("collective mismatch")
+and NCCL gathers as garbage or waits on forever.
 Without names (`update(sr, hr)`), nothing can be deduplicated: run validation unpadded in that case.
 """
 
@@ -12,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 NO_KEY = -1  # images updated without a name; never deduplicated
 _KEY_MASK = (1 << 63) - 1
@@ -78,6 +83,15 @@ class PerImageMetric(Metric):
         values = self.score(sr.detach(), hr.detach()).to(torch.float64).reshape(-1)
         self.scores.append(values)
         self.keys.append(name_keys(names, values.numel(), values.device))
+
+    def _sync_dist(
+        self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None
+    ) -> None:
+        """As torchmetrics', with empty states of this metric's own dtypes on a rank without images."""
+        if isinstance(self.scores, list) and not self.scores:
+            self.scores = [torch.empty(0, dtype=torch.float64, device=self.device)]
+            self.keys = [torch.empty(0, dtype=torch.int64, device=self.device)]
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def per_image(self) -> tuple[Tensor, Tensor]:
         """`(scores, keys)` after deduplication (synchronised across ranks when called from `compute`)."""
