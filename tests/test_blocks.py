@@ -10,6 +10,7 @@ from torch import nn
 
 from dgggan_pl.models.blocks import (
     EnhancedMultiScaleResidualBlock,
+    GlobalAveragePool,
     SqueezeExcitation,
     UpsampleTail,
     scaled_kaiming_init_,
@@ -103,3 +104,34 @@ def test_se_gate_is_one_per_channel_and_matches_forward() -> None:
     gate = se.channel_gate(x)
     assert gate.shape == (2, 8, 1, 1)
     torch.testing.assert_close(x * gate, se(x), rtol=0, atol=0)
+
+
+def test_global_average_pool_equals_the_adaptive_pooling_it_replaces() -> None:
+    """Same values as `nn.AdaptiveAvgPool2d(1)` (whose CUDA backward is not deterministic), gradients too."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 8, 17, 23, dtype=torch.float64, requires_grad=True)
+    old = nn.AdaptiveAvgPool2d(1)(x)
+    new = GlobalAveragePool()(x)
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-15)
+    (old_grad,) = torch.autograd.grad(old.square().sum(), x)
+    (new_grad,) = torch.autograd.grad(new.square().sum(), x)
+    torch.testing.assert_close(new_grad, old_grad, rtol=0, atol=1e-15)
+    x32 = x.detach().float()
+    torch.testing.assert_close(GlobalAveragePool()(x32), nn.AdaptiveAvgPool2d(1)(x32))
+
+
+def test_se_state_dict_keys_are_unchanged_and_no_model_has_adaptive_pooling(compose) -> None:
+    from hydra.utils import instantiate
+
+    assert set(SqueezeExcitation(8, reduction=4).state_dict()) == {
+        "gate.1.weight",
+        "gate.1.bias",
+        "gate.3.weight",
+        "gate.3.bias",
+    }  # checkpoints written with the adaptive pooling at gate.0 still load strictly
+    cfg = compose(["experiment=full", "debug=smoke"])
+    networks = [instantiate(cfg.model[name]) for name in ("generator", "image_critic", "gradient_critic")]
+    adaptive = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+    pools = [type(m).__name__ for net in networks for m in net.modules() if isinstance(m, adaptive)]
+    assert not pools
+    assert any(isinstance(m, GlobalAveragePool) for m in networks[0].modules())

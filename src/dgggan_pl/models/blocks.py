@@ -30,6 +30,17 @@ def scaled_kaiming_init_(module: nn.Module, scale: float) -> None:
                 layer.bias.zero_()
 
 
+class GlobalAveragePool(nn.Module):
+    """`(B, C, H, W)` -> `(B, C, 1, 1)`: the mean over H and W.
+
+    The same values as `nn.AdaptiveAvgPool2d(1)`, but a plain reduction, whose CUDA backward is deterministic
+    (adaptive pooling's is not, so `trainer.deterministic=true` failed at the first backward).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class SqueezeExcitation(nn.Module):
     """Channel attention: global average pool, 1x1 C -> C/r, ReLU, 1x1 C/r -> C, sigmoid, rescale."""
 
@@ -42,7 +53,7 @@ class SqueezeExcitation(nn.Module):
                 "set model.generator.se_reduction <= channels"
             )
         self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
+            GlobalAveragePool(),  # index 0 kept: the convs stay gate.1 / gate.3 in checkpoints
             nn.Conv2d(channels, hidden, kernel_size=1),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, channels, kernel_size=1),
