@@ -142,3 +142,46 @@ def test_readme_resume_after_kill_9_during_a_checkpoint_save(tmp_path) -> None:
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "completed"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["dgggan"]["iteration"] == 6
+
+
+class FakeCuda:
+    """`torch.cuda` RNG functions of a machine with `count` GPUs, recording which states are set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+        self.restored: dict[int, torch.Tensor] = {}
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(
+            torch.cuda,
+            "get_rng_state_all",
+            lambda: [torch.full((4,), i, dtype=torch.uint8) for i in range(count)],
+        )
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state", lambda state, device: self.restored.__setitem__(int(device), state)
+        )
+
+
+@pytest.mark.parametrize(("saved", "present"), [(8, 8), (8, 2), (2, 4), (4, 0)])
+def test_resume_restores_the_cuda_rng_states_that_exist(
+    monkeypatch, caplog, saved: int, present: int
+) -> None:
+    """A checkpoint of an 8-GPU node resumed on 2 GPUs (or none) restores what exists and says so."""
+    from dgggan_pl.module import capture_rng_state, restore_rng_state
+
+    FakeCuda(monkeypatch, saved)
+    state = capture_rng_state()
+    assert len(state["cuda"]) == saved
+    cuda = FakeCuda(monkeypatch, present)
+    with caplog.at_level("WARNING", logger="dgggan_pl.module"):
+        restore_rng_state(state)
+    restored = min(saved, present)
+    assert sorted(cuda.restored) == list(range(restored))
+    assert all(int(cuda.restored[i][0]) == i for i in range(restored))  # GPU i gets GPU i's state
+    warnings = [r.getMessage() for r in caplog.records if "CUDA RNG states" in r.getMessage()]
+    if saved == present:
+        assert not warnings
+    else:
+        assert warnings == [
+            f"checkpoint holds CUDA RNG states of {saved} GPU(s), this process sees {present}: restoring "
+            f"{restored}; the resumed run is not bit-identical to an uninterrupted one"
+        ]

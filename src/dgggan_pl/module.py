@@ -334,5 +334,24 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state:
+        restore_cuda_rng_states(list(state["cuda"]))
+
+
+def restore_cuda_rng_states(saved: list[Tensor]) -> None:
+    """Give each visible GPU the state saved for the GPU of the same index, as far as both exist.
+
+    A run resumed on a node with fewer (or more, or no) GPUs must not fail on the missing indices; the
+    resumed run is then no longer bit-exact, which the log says.
+    """
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(saved) != count:
+        log.warning(
+            "checkpoint holds CUDA RNG states of %d GPU(s), this process sees %d: restoring %d; the resumed "
+            "run is not bit-identical to an uninterrupted one",
+            len(saved),
+            count,
+            min(len(saved), count),
+        )
+    for index, rng_state in enumerate(saved[:count]):
+        torch.cuda.set_rng_state(rng_state, index)
