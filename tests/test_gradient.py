@@ -76,3 +76,63 @@ def test_gradients_are_finite_on_flat_regions() -> None:
 def test_rejects_non_4d_input() -> None:
     with pytest.raises(ValueError, match=r"\(3, 8, 8\)"):
         gradient_magnitude(torch.rand(3, 8, 8))
+
+
+# A smooth ramp, as a well-trained SR image has in flat regions: 0.3 + 0.00065 per pixel along W, so the
+# central difference is 0.0013 and the true magnitude sqrt(0.0013^2 + eps) = 0.00164.
+RAMP_STEP = 0.00065
+RAMP_MAGNITUDE = math.sqrt((2 * RAMP_STEP) ** 2 + DEFAULT_EPS)
+
+
+def _ramp(size: int = 24) -> torch.Tensor:
+    row = 0.3 + RAMP_STEP * torch.arange(size, dtype=torch.float64)
+    return row.expand(1, 3, size, size).float().contiguous()
+
+
+def _interior(g: torch.Tensor) -> torch.Tensor:
+    return g[:, :, 2:-2, 2:-2]
+
+
+def test_bf16_input_under_autocast_is_computed_in_float32() -> None:
+    x = _ramp().bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = gradient_magnitude(x)
+    assert g.dtype == torch.float32
+    assert torch.equal(g, gradient_magnitude(x.float()))  # not bf16 arithmetic on the squares and the root
+    assert gradient_magnitude(x).dtype == torch.bfloat16  # no autocast: a bf16 network gets its own dtype
+
+
+def test_sr_of_the_generator_stays_smooth_under_bf16_autocast() -> None:
+    """The output conv runs outside autocast, so G(SR) of a ramp SR is the true 0.00164 (eq. 7's mu term
+    and the gradient critic see it); a conv inside autocast rounds the ramp into bf16 steps first."""
+    from dgggan_pl.models.blocks import outside_autocast
+    from dgggan_pl.models.generator import GeneratorOutput
+    from dgggan_pl.objective import InputPairs
+
+    identity = torch.nn.Conv2d(3, 3, kernel_size=1)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        identity.bias.zero_()
+    ramp = _ramp()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = outside_autocast(identity, ramp)
+        rounded = identity(ramp)
+        g_kept = InputPairs(GeneratorOutput(kept, None), ramp)["sr_gradient"][0]
+        g_rounded = InputPairs(GeneratorOutput(rounded, None), ramp)["sr_gradient"][0]
+    assert kept.dtype == g_kept.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    torch.testing.assert_close(_interior(g_kept), torch.full_like(_interior(g_kept), RAMP_MAGNITUDE))
+    error = (_interior(g_rounded) - RAMP_MAGNITUDE).abs().max().item()
+    assert error > 0.1 * RAMP_MAGNITUDE  # the staircase the fix avoids (0.0022 or 0.0010 instead)
+
+
+def test_generator_outputs_are_float32_under_bf16_autocast() -> None:
+    from dgggan_pl.models.generator import DGGGANGenerator
+
+    torch.manual_seed(0)
+    generator = DGGGANGenerator(channels=8, num_blocks=2, injection_blocks=[1], se_reduction=4)
+    lr = torch.rand(1, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generator(lr)
+    assert out.sr.dtype == torch.float32 and out.grad_map is not None and out.grad_map.dtype == torch.float32
+    reference = generator(lr)  # float32 throughout: the bf16 trunk moves the result, but only a little
+    torch.testing.assert_close(out.sr, reference.sr, rtol=0, atol=0.05)

@@ -30,6 +30,20 @@ def scaled_kaiming_init_(module: nn.Module, scale: float) -> None:
                 layer.bias.zero_()
 
 
+def outside_autocast(layer: nn.Module, x: Tensor) -> Tensor:
+    """`layer(x)` in the layer's own weight dtype with autocast off (as is, when autocast is not on).
+
+    For the generator's output convolutions: under bf16 autocast their output (the SR image, the SR gradient
+    map) would be rounded to bf16 steps of 2^-9..2^-8, coarser than 8-bit pixels near 1, and every
+    gradient map of it (eq. 7's mu term, the gradient critic) would see that staircase instead of the image.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    dtype = next(layer.parameters()).dtype
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return layer(x.to(dtype))
+
+
 class GlobalAveragePool(nn.Module):
     """`(B, C, H, W)` -> `(B, C, 1, 1)`: the mean over H and W.
 

@@ -18,6 +18,7 @@ from dgggan_pl.models.blocks import (
     EnhancedMultiScaleResidualBlock,
     UpsampleTail,
     conv3x3,
+    outside_autocast,
     scaled_kaiming_init_,
 )
 from dgggan_pl.models.gradient import GradientMagnitude
@@ -203,10 +204,11 @@ class DGGGANGenerator(nn.Module):
         """HR stage, purely local (radius 2 LR pixels): `LRFeatures` and the LR input -> `GeneratorOutput`."""
         image_hr = self.image_branch.tail(features.image)
         if features.gradient is None:
-            return GeneratorOutput(self.add_global_skip(self.image_out(image_hr), lr), None)
+            return GeneratorOutput(self.add_global_skip(outside_autocast(self.image_out, image_hr), lr), None)
         grad_hr = self.gradient_branch.tail(features.gradient)
-        sr = self.image_out(self.fusion(torch.cat([image_hr, grad_hr], dim=1)))
-        return GeneratorOutput(self.add_global_skip(sr, lr), self.gradient_out(grad_hr))
+        sr = outside_autocast(self.image_out, self.fusion(torch.cat([image_hr, grad_hr], dim=1)))
+        # the output convs run outside autocast: a bf16 SR image would be a staircase to G(.) (blocks.py)
+        return GeneratorOutput(self.add_global_skip(sr, lr), outside_autocast(self.gradient_out, grad_hr))
 
     def add_global_skip(self, sr: Tensor, lr: Tensor) -> Tensor:
         """`sr` + bicubic(`lr`) with `global_skip: bicubic`; `sr` unchanged with `none`."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 DEFAULT_EPS = 1e-6  # docs/design.md#gradient-operator: sqrt(gx^2 + gy^2 + 1e-6), as SPSR; keeps sqrt differentiable at 0
 
 
@@ -20,17 +21,24 @@ def gradient_magnitude(x: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
         eps: added under the square root so the magnitude is differentiable on flat regions.
 
     Returns:
-        `(B, C, H, W)`: sqrt(gx^2 + gy^2 + eps), zero padding 1 so the size is kept.
+        `(B, C, H, W)`: sqrt(gx^2 + gy^2 + eps), zero padding 1 so the size is kept. Computed in float32
+        (or wider) with autocast off: in bf16 a magnitude of 1e-3 is off by tens of percent, and eps = 1e-6
+        is below bf16's resolution of the squares. The result is float32 under autocast (which casts for
+        the next op itself) and in `x`'s dtype otherwise (a network kept in bf16/fp16 gets its own dtype).
 
     The kernels are applied as shifted differences of a zero-padded copy, which is exactly the
     cross-correlation with [1, 0, -1] (and its transpose) but needs no weight tensor per channel count.
     """
     if x.dim() != 4:
         raise ValueError(f"gradient_magnitude expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    padded = F.pad(x, (1, 1, 1, 1))
-    grad_x = padded[:, :, 1:-1, :-2] - padded[:, :, 1:-1, 2:]
-    grad_y = padded[:, :, :-2, 1:-1] - padded[:, :, 2:, 1:-1]
-    return torch.sqrt(grad_x.square() + grad_y.square() + eps)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        wide = x.float() if x.dtype in LOW_PRECISION else x
+        padded = F.pad(wide, (1, 1, 1, 1))
+        grad_x = padded[:, :, 1:-1, :-2] - padded[:, :, 1:-1, 2:]
+        grad_y = padded[:, :, :-2, 1:-1] - padded[:, :, 2:, 1:-1]
+        magnitude = torch.sqrt(grad_x.square() + grad_y.square() + eps)
+    return magnitude if autocast else magnitude.to(x.dtype)
 
 
 class GradientMagnitude(nn.Module):
