@@ -6,8 +6,9 @@ so tiles could never match the untiled output (visible seams), whatever the over
 alone reach 4 * num_blocks + 5 LR pixels (45 at the default 10 blocks), so a tile of 128 would recompute
 more than twice its own area.
 
-Instead the generator's own two stages (`DGGGANGenerator.encode` / `decode`, the code of its forward) are
-driven here, each tiled with exactly the context it needs; nothing of the architecture is repeated:
+Instead the generator's own two stages (`encode` / `decode` of the `SRGenerator` contract, the code of its
+forward) are driven here, each tiled with exactly the context it needs; nothing of the architecture is
+repeated or reached into:
 1. LR stage (`encode_tiled`): `generator.encode(lr, run)` with a `run` that applies each local operation
    (heads, the convolutions of one block, G(.), trunk + long skip) on tiles grown by its own receptive
    radius (4 LR pixels for a block); each SE gate is computed by the generator on the assembled full map,
@@ -18,8 +19,9 @@ driven here, each tiled with exactly the context it needs; nothing of the archit
    side; only the valid centre of each tile's output is kept (no blending needed). The LR input is an
    input of this stage, so the skip's reach is measured with the rest. This stage dominates compute and
    the per-tile memory (~16x the pixels); its output can be written straight into a uint8 buffer.
-Radii are measured on the actual modules (`receptive_radius`), and the number of tile steps is counted on
-a dry run of `encode`, not hard-coded.
+Radii are measured on the actual modules (`receptive_radius`); the number of tile steps, the feature maps'
+channels and the widest LR-stage op are read from a dry run of `encode` on a 1x1 input, not hard-coded.
+`DGGGANGenerator.enable_tiling` + `upscale` is the user-facing form (`super_resolve` below).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from typing import NamedTuple, cast
 import torch
 from torch import Tensor
 
-from dgggan_pl.data.io import quantize_uint8
-from dgggan_pl.models.blocks import EnhancedMultiScaleResidualBlock
-from dgggan_pl.models.generator import DGGGANGenerator, LRFeatures
+from dgggan_pl.data.io import quantize_uint8, to_float
+from dgggan_pl.models.contract import LRFeatures, Run, SRGenerator, apply
 
+# LR pixels per HR-stage tile of `upscale` (CLI and model default): 1.3 GiB peak RSS at C = 64, and fewer, larger
+# ops than 64 (which is a little faster on one thread but thread-bound on a busy 2-core box); docs/inference.md.
+DEFAULT_TILE = 128
 LR_STAGE_TILE_FACTOR = 2  # LR-stage tiles are this many times wider: ~13C channels/pixel vs ~96C at HR
 _PROBE_SIZE = 17  # first probe (LR pixels) when measuring a receptive radius; doubled until it fits
 
@@ -44,7 +48,7 @@ TileFn = Callable[..., Tensor]
 
 
 def encode_tiled(
-    generator: DGGGANGenerator,
+    generator: SRGenerator,
     lr: Tensor,
     tile: int,
     progress: Callable[[], None] | None = None,
@@ -66,7 +70,7 @@ def encode_tiled(
 
 
 def decode_tiled(
-    generator: DGGGANGenerator,
+    generator: SRGenerator,
     features: LRFeatures,
     lr: Tensor,
     tile: int,
@@ -85,7 +89,7 @@ def decode_tiled(
         height, width = (generator.scale * n for n in lr.shape[-2:])
         out = uint8_image_buffer(lr.shape[0], height, width, lr.shape[1])
     return map_tiles(
-        _decode_sr(generator),
+        _decode_sr(generator, features),
         _decode_inputs(features, lr),
         tile=tile,
         halo=overlap,
@@ -97,7 +101,7 @@ def decode_tiled(
     )
 
 
-def count_local_ops(generator: DGGGANGenerator) -> int:
+def count_local_ops(generator: SRGenerator) -> int:
     """How many local ops `generator.encode` passes to its `run` (counted on a 1x1 dry run)."""
     calls = 0
 
@@ -106,19 +110,37 @@ def count_local_ops(generator: DGGGANGenerator) -> int:
         calls += 1
         return fn(*inputs)
 
+    dry_encode(generator, run)
+    return calls
+
+
+def dry_encode(generator: SRGenerator, run: Run = apply) -> LRFeatures:
+    """`generator.encode` on a 1x1 input: the LR features' layout (maps, channels) and every op passed to `run`."""
     device = next(generator.parameters()).device
     with torch.no_grad():
-        generator.encode(torch.zeros(1, generator.in_channels, 1, 1, device=device), run, inplace=True)
-    return calls
+        return generator.encode(torch.zeros(1, generator.in_channels, 1, 1, device=device), run, inplace=True)
+
+
+def lr_stage_radius(generator: SRGenerator) -> int:
+    """The widest receptive radius (LR pixels) among the local ops of `encode` (an EMSRB's: 4)."""
+    device = next(generator.parameters()).device
+    radii = [0]
+
+    def run(fn: TileFn, *inputs: Tensor) -> Tensor:
+        radii.append(receptive_radius(fn, inputs, device))
+        return fn(*inputs)
+
+    dry_encode(generator, run)
+    return max(radii)
 
 
 def _decode_inputs(features: LRFeatures, lr: Tensor) -> list[Tensor]:
     return [*(f for f in features if f is not None), lr]
 
 
-def _decode_sr(generator: DGGGANGenerator) -> TileFn:
-    """`generator.decode` as a tile function of `_decode_inputs` (features..., lr) -> SR image."""
-    if generator.use_gradient_branch:
+def _decode_sr(generator: SRGenerator, features: LRFeatures) -> TileFn:
+    """`generator.decode` as a tile function of `_decode_inputs(features, lr)` (maps..., lr) -> SR image."""
+    if features.gradient is not None:
         return lambda image, gradient, lr: generator.decode(LRFeatures(image, gradient), lr).sr
     return lambda image, lr: generator.decode(LRFeatures(image, None), lr).sr
 
@@ -212,7 +234,7 @@ def uint8_image_buffer(batch: int, height: int, width: int, channels: int = 3) -
     return torch.empty(batch, height, width, channels, dtype=torch.uint8).permute(0, 3, 1, 2)
 
 
-def count_tile_steps(generator: DGGGANGenerator, height: int, width: int, tile: int) -> int:
+def count_tile_steps(generator: SRGenerator, height: int, width: int, tile: int) -> int:
     """How many times `upscale_tiled` calls its progress callback for an `height` x `width` LR image."""
     lr_tile = LR_STAGE_TILE_FACTOR * tile
     lr_tiles = math.ceil(height / lr_tile) * math.ceil(width / lr_tile)
@@ -249,22 +271,23 @@ HR_TILE_FLOATS_PER_CHANNEL = 8
 
 
 def estimate_memory(
-    generator: DGGGANGenerator, height: int, width: int, tile: int, overlap: int | None = None
+    generator: SRGenerator, height: int, width: int, tile: int, overlap: int | None = None
 ) -> MemoryEstimate:
     """What upscaling one `height` x `width` LR image costs (`tile` 0: the whole image as one tile).
 
     The LR stage holds the LR input and `2 * branches + 1` C-channel maps of the whole image (each branch's
     head and current features, and the map being tiled), the HR stage the final LR features and the LR input.
     """
-    channels = generator.image_branch.trunk.out_channels
-    branches = len(generator.branches)
+    features = dry_encode(generator)
+    channels = features.image.shape[1]
+    branches = sum(f is not None for f in features)
     map_bytes = height * width * next(generator.parameters()).element_size()
     lr_input = generator.in_channels * map_bytes
     output = generator.in_channels * generator.scale**2 * height * width
     lr_side, hr_side = (height, width), (height, width)
     if tile > 0:
         halo = hr_stage_radius(generator) if overlap is None else overlap
-        reach = max(_block_radius(generator), halo)
+        reach = max(lr_stage_radius(generator), halo)
         lr_tile = LR_STAGE_TILE_FACTOR * tile
         lr_side = (min(lr_tile, height) + 2 * reach, min(lr_tile, width) + 2 * reach)
         hr_side = (min(tile, height) + 2 * halo, min(tile, width) + 2 * halo)
@@ -279,28 +302,17 @@ def estimate_memory(
     )
 
 
-def _block_radius(generator: DGGGANGenerator) -> int:
-    blocks = generator.image_branch.blocks
-    if not len(blocks):
-        return 0
-    probe = torch.empty(1, generator.image_branch.trunk.out_channels, 1, 1)
-    first = cast(EnhancedMultiScaleResidualBlock, blocks[0])
-    return receptive_radius(first.local, [probe], next(generator.parameters()).device)
-
-
-def hr_stage_radius(generator: DGGGANGenerator) -> int:
+def hr_stage_radius(generator: SRGenerator) -> int:
     """Receptive radius (LR pixels) of the HR stage: the smallest `overlap` that makes tiles seam-free."""
-    channels = generator.image_branch.trunk.out_channels
-    probe = torch.empty(1, channels, 1, 1)
-    features = LRFeatures(probe, probe if generator.use_gradient_branch else None)
+    features = dry_encode(generator)  # 1x1 maps: the probes only take their channel counts
     inputs = _decode_inputs(features, torch.empty(1, generator.in_channels, 1, 1))
     device = next(generator.parameters()).device
-    return receptive_radius(_decode_sr(generator), inputs, device, scale=generator.scale)
+    return receptive_radius(_decode_sr(generator, features), inputs, device, scale=generator.scale)
 
 
 @torch.inference_mode()
 def upscale_tiled(
-    generator: DGGGANGenerator,
+    generator: SRGenerator,
     lr: Tensor,
     tile: int,
     overlap: int | None = None,
@@ -341,3 +353,33 @@ def upscale_tiled(
 
     features = encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * tile, step)
     return decode_tiled(generator, features, lr, tile, overlap, step, to_uint8=to_uint8)
+
+
+def super_resolve(
+    generator: SRGenerator,
+    image: Tensor,
+    tile: int,
+    overlap: int | None = None,
+    *,
+    progress: ProgressFn | None = None,
+) -> Tensor:
+    """x`scale` SR of one image `(3, h, w)` or a batch `(B, 3, h, w)`; `tile` 0 runs it whole, else tiled.
+
+    uint8 in -> uint8 out, rounded as `save_image` rounds (tiled: each tile straight into the uint8 image, no
+    float HR image is held); float in [0, 1] -> float, not clamped. The input follows the generator's memory
+    format (channels_last weights, channels_last input). The one implementation behind `upscale` (the CLI)
+    and `DGGGANGenerator.upscale`.
+    """
+    lr = image if image.dim() == 4 else image.unsqueeze(0)
+    to_uint8 = lr.dtype == torch.uint8
+    lr = to_float(lr) if to_uint8 else lr
+    weight = next(generator.parameters())
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    if tile > 0:
+        sr = upscale_tiled(generator, lr, tile, overlap, progress=progress, to_uint8=to_uint8)
+    else:
+        with torch.inference_mode():
+            sr = generator(lr.to(weight.device)).sr.to(lr.device)
+        sr = quantize_uint8(sr) if to_uint8 else sr
+    return sr if image.dim() == 4 else sr[0]

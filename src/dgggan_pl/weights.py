@@ -6,7 +6,8 @@ Two formats are read:
   `torch.load(weights_only=True)`: pickle can run arbitrary code, and the restricted unpickler refuses any
   global that is not a tensor or a plain container, before it is called.
 - `.safetensors` (tensors only, no code by construction) plus a sidecar `<same stem>.json` holding the
-  generator config, as written by `save_generator_safetensors` / `python -m dgggan_pl.export`.
+  generator config, as written by `save_generator_safetensors` / `python -m dgggan_pl.export`, or a folder
+  written by `DGGGANGenerator.save_pretrained` (`generator.safetensors` + `generator.json`).
 
 The config is only ever instantiated when every `_target_` in it names a class defined in
 `dgggan_pl.models`, so a crafted config cannot call e.g. `os.system` through Hydra either.
@@ -31,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dgggan_pl.models.generator import DGGGANGenerator
+from dgggan_pl.models.contract import SRGenerator
 from dgggan_pl.utils.atomic import atomic_path
 
 ALLOWED_TARGET_PREFIX = "dgggan_pl.models."
@@ -39,6 +40,7 @@ CKPT_SUFFIX = ".ckpt"
 SAFETENSORS_SUFFIX = ".safetensors"
 SHOWN_KEYS = 3  # keys quoted per kind in a mismatch message
 SIDECAR_SUFFIX = ".json"
+PRETRAINED_NAME = "generator.safetensors"  # the weights file of a `save_pretrained` folder
 SIDECAR_FORMAT = "dgggan-pl-generator"
 SIDECAR_VERSION = 1
 GENERATOR_PREFIX = "generator."
@@ -52,6 +54,12 @@ class WeightsError(RuntimeError):
 def sidecar_path(weights_path: str | os.PathLike) -> Path:
     """The JSON config beside a `.safetensors` file: `model.safetensors` -> `model.json`."""
     return Path(weights_path).with_suffix(SIDECAR_SUFFIX)
+
+
+def pretrained_path(path: str | os.PathLike) -> Path:
+    """A `save_pretrained` folder -> its `generator.safetensors`; any other path unchanged."""
+    path = Path(path)
+    return path / PRETRAINED_NAME if path.is_dir() else path
 
 
 def _iter_targets(node: Any) -> Iterator[Any]:
@@ -98,7 +106,7 @@ def check_generator_config(config: Any, source: str | os.PathLike) -> None:
         _locate_model_class(target, source)
 
 
-def build_generator(config: Mapping[str, Any], source: str | os.PathLike) -> DGGGANGenerator:
+def build_generator(config: Mapping[str, Any], source: str | os.PathLike) -> SRGenerator:
     """Instantiate the generator `_target_` config read from `source`, refusing targets outside our models."""
     source = Path(source)
     check_generator_config(config, source)
@@ -110,7 +118,7 @@ def build_generator(config: Mapping[str, Any], source: str | os.PathLike) -> DGG
         raise WeightsError(
             f"{source}: the config built {type(generator).__name__}, not a generator with `scale`"
         )
-    return cast(DGGGANGenerator, generator)
+    return cast(SRGenerator, generator)
 
 
 def _some(keys: list[str]) -> str:
@@ -202,15 +210,20 @@ def _read_safetensors(path: Path, use_ema: bool | None, map_location: Any) -> tu
 
 def load_generator(
     path: str | os.PathLike, *, use_ema: bool | None = None, map_location: Any = "cpu"
-) -> tuple[DGGGANGenerator, dict]:
-    """Build the generator stored in `path` (`.ckpt` or `.safetensors`) in eval mode; return it and its config.
+) -> tuple[SRGenerator, dict]:
+    """Build the generator stored in `path` (`.ckpt`, `.safetensors` or a `save_pretrained` folder) in eval mode;
+    return it and its config.
 
     `use_ema`: None takes the EMA weights when the file has them, True requires them, False takes the raw ones.
     Raises `WeightsError` naming the file for unsafe, malformed or mismatching files.
     """
-    path = Path(path)
+    path = pretrained_path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    from dgggan_pl.peers import is_peer_file, load_peer  # imports this module
+
+    if is_peer_file(path):  # a peer's released weights (.pth, or .safetensors without our JSON): spandrel
+        return load_peer(path, map_location=map_location, use_ema=use_ema)
     suffix = path.suffix.lower()
     if suffix == CKPT_SUFFIX:
         state, config = _read_lightning_checkpoint(path, use_ema, map_location)
@@ -221,14 +234,16 @@ def load_generator(
             f"{path}: unknown weights format {path.suffix!r}; use a Lightning .ckpt or .safetensors"
         )
     generator = build_generator(config, path)
-    load_state_dict_strict(generator, state, path)
+    module = cast(nn.Module, generator)  # build_generator checked it is one
+    load_state_dict_strict(module, state, path)
     if map_location is not None:
-        generator.to(map_location)
-    return generator.eval(), config
+        module.to(map_location)
+    module.eval()
+    return generator, config
 
 
 def save_generator_safetensors(
-    generator: nn.Module, config: Mapping[str, Any], path: str | os.PathLike, *, ema: bool = False
+    generator: SRGenerator, config: Mapping[str, Any], path: str | os.PathLike, *, ema: bool = False
 ) -> Path:
     """Write `generator`'s weights to `path` (.safetensors) and its config to the sidecar JSON, atomically.
 

@@ -2,13 +2,18 @@
 
 The forward pass is written once, as two stages that tiled inference (`dgggan_pl.tiling`) drives too:
 `encode(lr, run)` (everything at LR resolution; every local op is applied through `run`) and
-`decode(features, lr)` (the x`scale` tails, fusion, output convs and the optional global skip).
+`decode(features, lr)` (the x`scale` tails, fusion, output convs and the optional global skip); the contract
+is `dgggan_pl.models.contract.SRGenerator`. The inference API lives on the model, as in diffusers:
+`from_pretrained` / `save_pretrained` (safetensors + JSON config, `dgggan_pl.weights`), `enable_tiling` and
+`upscale` (`dgggan_pl.tiling`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple, cast, get_args
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +26,7 @@ from dgggan_pl.models.blocks import (
     outside_autocast,
     scaled_kaiming_init_,
 )
+from dgggan_pl.models.contract import GeneratorOutput, LRFeatures, Run, apply
 from dgggan_pl.models.gradient import GradientMagnitude
 
 GlobalSkip = Literal["none", "bicubic"]
@@ -35,28 +41,6 @@ def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
     MATLAB's a = -0.5 kernel is only needed where numbers are compared with papers (the bicubic baseline).
     """
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
-def apply(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-    """The plain `run` of `DGGGANGenerator.encode`: `fn(*inputs)` on the whole maps."""
-    return fn(*inputs)
-
-
-Run = Callable[..., Tensor]  # run(fn, *inputs) -> fn(*inputs), computed directly or tile by tile
-
-
-class LRFeatures(NamedTuple):
-    """The generator's LR-resolution state before its x`scale` tails (trunk + long skip), `(B, C, h, w)` each."""
-
-    image: Tensor
-    gradient: Tensor | None
-
-
-class GeneratorOutput(NamedTuple):
-    """`sr`: `(B, 3, H, W)` SR image; `grad_map`: `(B, 3, H, W)` SR gradient map, None without the branch."""
-
-    sr: Tensor
-    grad_map: Tensor | None
 
 
 class SRBranch(nn.Module):
@@ -136,6 +120,23 @@ class DGGGANGenerator(nn.Module):
             raise ValueError(
                 f"model.generator.global_skip must be one of {list(GLOBAL_SKIPS)}, got {global_skip!r}"
             )
+        # The constructor's arguments, nothing else: what `save_pretrained` writes beside the weights.
+        self.config: dict[str, Any] = {
+            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+            "in_channels": in_channels,
+            "channels": channels,
+            "num_blocks": num_blocks,
+            "injection_blocks": list(injection),
+            "scale": scale,
+            "use_gradient_branch": use_gradient_branch,
+            "use_se": use_se,
+            "se_reduction": se_reduction,
+            "negative_slope": negative_slope,
+            "init_scale": init_scale,
+            "global_skip": global_skip,
+        }
+        self.tile = 0  # LR pixels per tile of `upscale`; 0 = the whole image at once (`enable_tiling`)
+        self.tile_overlap: int | None = None
         self.global_skip = global_skip
         self.in_channels = in_channels
         self.scale = scale
@@ -218,3 +219,61 @@ class DGGGANGenerator(nn.Module):
 
     def _gradient_head(self, lr: Tensor) -> Tensor:
         return self.gradient_branch.head(self.gradient(lr))
+
+    # The inference API. `dgggan_pl.weights` and `dgggan_pl.tiling` import this module (the weights allow-list,
+    # the contract), so they are imported where used.
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, use_ema: bool | None = None, map_location: Any = "cpu"
+    ) -> DGGGANGenerator:
+        """The generator stored at `path`, in eval mode: a `save_pretrained` folder, a `.safetensors` file
+        (with its `.json` config beside it) or a training `.ckpt` (`use_ema` as in `weights.load_generator`).
+
+        Loaded safely (no pickle code, config targets restricted to `dgggan_pl.models`); raises
+        `weights.WeightsError` naming the file when it is unreadable, unsafe or holds another class.
+        """
+        from dgggan_pl.weights import WeightsError, load_generator
+
+        generator, _ = load_generator(path, use_ema=use_ema, map_location=map_location)
+        if not isinstance(generator, cls):
+            raise WeightsError(f"{path}: holds a {type(generator).__name__}, not a {cls.__name__}")
+        return generator
+
+    def save_pretrained(self, directory: str | os.PathLike, *, ema: bool = False) -> Path:
+        """Write `directory/generator.safetensors` and its JSON config (`self.config`) atomically; return the
+        weights path. `ema` records that these are EMA weights (what `from_pretrained(use_ema=...)` checks)."""
+        from dgggan_pl.weights import pretrained_path, save_generator_safetensors
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        weights = pretrained_path(directory)
+        save_generator_safetensors(self, self.config, weights, ema=ema)
+        return weights
+
+    def enable_tiling(self, tile: int | None = None, overlap: int | None = None) -> DGGGANGenerator:
+        """Make `upscale` tiled: `tile` LR pixels per HR-stage tile (None: `tiling.DEFAULT_TILE`, the CLI's),
+        `overlap` LR pixels of context (None: the measured seam-free minimum). The output is the untiled one (to
+        float rounding); memory is bounded by the tile plus a few LR maps (`dgggan_pl.tiling`)."""
+        if tile is None:
+            from dgggan_pl.tiling import DEFAULT_TILE
+
+            tile = DEFAULT_TILE
+        if tile < 1 or (overlap is not None and overlap < 0):
+            raise ValueError(
+                f"enable_tiling needs tile >= 1 and overlap >= 0 (or None), got tile={tile}, overlap={overlap}"
+            )
+        self.tile, self.tile_overlap = tile, overlap
+        return self
+
+    def disable_tiling(self) -> DGGGANGenerator:
+        """Make `upscale` run the whole image at once again."""
+        self.tile, self.tile_overlap = 0, None
+        return self
+
+    def upscale(self, image: Tensor) -> Tensor:
+        """x`scale` SR for inference, tiled after `enable_tiling`: `(B, 3, h, w)` or `(3, h, w)`, uint8 -> uint8
+        (rounded as `save_image` rounds, as `python -m dgggan_pl.upscale` writes it) or float in [0, 1] -> float
+        (not clamped). Runs under `torch.inference_mode`; `forward` stays the training pass."""
+        from dgggan_pl.tiling import super_resolve
+
+        return super_resolve(self, image, self.tile, self.tile_overlap)
