@@ -11,7 +11,7 @@ import torch
 
 from dgggan_pl.data.datasets import TrainPatchDataset
 from dgggan_pl.data.imresize import imresize
-from dgggan_pl.data.io import list_images, read_image
+from dgggan_pl.data.io import ImageFolderError, list_images, read_image
 from dgggan_pl.data.packed import PackedPairs
 from dgggan_pl.data.subimages import WindowSpec, count_subimages
 from dgggan_pl.data.transforms import mod_crop
@@ -85,7 +85,7 @@ def test_resume_skips_finished_images(div2k_like: tuple[Path, Path], tmp_path: P
     assert errors == [] and second == first
     rewritten = {p.name.split("_")[0] for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert rewritten == {"0002"}
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(ImageFolderError, match="other settings"):
         prepare(hr_dir, out, lr_dir, progress=False, crop=96, step=48, threshold=8)
 
 

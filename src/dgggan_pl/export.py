@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dgggan_pl.methods import checkpoint_info
-from dgggan_pl.utils.atomic import atomic_path
+from dgggan_pl.utils.atomic import atomic_path, unwritable_reason
 from dgggan_pl.weights import (
     CKPT_SUFFIX,
     WeightsError,
@@ -154,13 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def writable_dir_error(out_dir: Path) -> str | None:
     """Why `out_dir` cannot take the outputs (None when it can): checked before the slow steps."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as error:
-        return f"cannot write to {out_dir} ({error.strerror or error}); choose another --out-dir"
-    return None
+    reason = unwritable_reason(out_dir)
+    return None if reason is None else f"cannot write to {out_dir} ({reason}); choose another --out-dir"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

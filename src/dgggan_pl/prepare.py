@@ -10,8 +10,10 @@ MATLAB-compatible bicubic. `--pack` also writes one uint8 `.npy` array per folde
 
 Resumable: each finished source image gets a marker in `<out-dir>/.prepare_done/`; a rerun skips those. Every
 file is written atomically, and the sub-images of an image that fails are removed, so the folders only hold
-complete images (after a kill, the unmarked image in progress is redone). Errors are collected per image and
-reported together (exit status 1).
+complete images (after a kill, the unmarked image in progress is redone, and the temp files of writes it
+interrupted are removed; Ctrl+C or SIGTERM removes them on the way out and exits 130 / 143). Errors are
+collected per image and reported together (exit status 1); a missing or empty HR folder, LR files missing
+(all named) or changed settings stop it before any work (exit status 2).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +31,12 @@ import torch
 from tqdm import tqdm
 
 from dgggan_pl.data.datasets import generate_lr, match_lr_files
-from dgggan_pl.data.io import list_images, read_image
+from dgggan_pl.data.io import ImageFolderError, list_images, read_image
 from dgggan_pl.data.packed import pack_folder
 from dgggan_pl.data.subimages import WindowSpec, extract, subimage_name, window_boxes
 from dgggan_pl.data.transforms import check_pair_sizes, mod_crop
-from dgggan_pl.utils.atomic import write_json_atomic
+from dgggan_pl.utils.atomic import remove_stale_temp_files, write_json_atomic
+from dgggan_pl.utils.exits import interruptible
 
 # docs/design.md#div2k-sub-images (SPSR's DIV2K preprocessing): 480x480 HR sub-images, step 240, edge window if leftover > 48.
 HR_CROP = 480
@@ -43,6 +47,8 @@ HR_SUBDIR = "DIV2K_train_HR_sub"
 LR_SUBDIR = "DIV2K_train_LR_bicubic_X{scale}_sub"
 DONE_DIR = ".prepare_done"
 SETTINGS_FILE = "prepare_settings.json"
+EXIT_FAILED_IMAGES = 1
+EXIT_USAGE = 2
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,9 @@ def _process(task: Task) -> tuple[str, int, str | None]:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one image per process; avoid oversubscribing the cores
+    # Ctrl+C reaches the whole process group: the parent alone handles it (and terminates the pool), so
+    # the workers print no traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_settings(out_dir: Path, settings: Settings) -> None:
@@ -114,7 +123,7 @@ def _check_settings(out_dir: Path, settings: Settings) -> None:
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous != asdict(settings):
-            raise SystemExit(
+            raise ImageFolderError(
                 f"{out_dir} was prepared with other settings ({previous}); now {asdict(settings)}. "
                 "Use another --out-dir or delete the old output."
             )
@@ -146,6 +155,25 @@ def prepare(
     for folder in (hr_out, lr_out, done_dir):
         folder.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, settings)
+    try:
+        return _run(hr_paths, lr_paths, settings, (hr_out, lr_out, done_dir), workers, progress)
+    finally:  # pool workers terminated by Ctrl+C / SIGTERM stop mid-write: their temp files go here
+        for folder in (hr_out, lr_out, done_dir):
+            remove_stale_temp_files(folder)
+
+
+def _run(
+    hr_paths: list[Path],
+    lr_paths: list[Path] | list[None],
+    settings: Settings,
+    folders: tuple[Path, Path, Path],
+    workers: int,
+    progress: bool,
+) -> tuple[int, list[str]]:
+    """Cut the images not marked done; returns (total sub-images in the output, error messages)."""
+    hr_out, lr_out, done_dir = folders
+    for folder in folders:  # left by a run killed outright (SIGKILL, power loss): no finished file matches
+        remove_stale_temp_files(folder)
     tasks = [
         Task(hr, lr, hr_out, lr_out, done_dir, settings)
         for hr, lr in zip(hr_paths, lr_paths, strict=True)
@@ -191,19 +219,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@interruptible("prepare", "rerun the same command to continue (finished images are skipped)")
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    total, errors = prepare(
-        args.hr_dir,
-        args.out_dir,
-        args.lr_dir,
-        args.scale,
-        args.crop,
-        args.step,
-        args.threshold,
-        args.workers,
-        progress=not args.no_progress,
-    )
+    try:
+        total, errors = prepare(
+            args.hr_dir,
+            args.out_dir,
+            args.lr_dir,
+            args.scale,
+            args.crop,
+            args.step,
+            args.threshold,
+            args.workers,
+            progress=not args.no_progress,
+        )
+    except (ImageFolderError, ValueError) as usage_error:
+        print(f"error: {usage_error}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{total} sub-images in {args.out_dir / HR_SUBDIR} (and LR x{args.scale})")
     if errors:
         print(
@@ -212,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for error in errors:
             print(f"  {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED_IMAGES
     if args.pack:
         for folder in (args.out_dir / HR_SUBDIR, args.out_dir / LR_SUBDIR.format(scale=args.scale)):
             print(f"packed {pack_folder(folder, workers=args.workers)}")

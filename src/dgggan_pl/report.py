@@ -30,6 +30,7 @@ from dgggan_pl.sweep_results import (
     FULL_MODEL,
     INCOMPLETE,
     RECORDED,
+    RUN_INFO_FILE,
     JobResult,
     collect_jobs,
     collect_run,
@@ -396,6 +397,10 @@ def build_report(
     """
     if checkpoint not in CHECKPOINT_ROLES:
         raise ValueError(f"--checkpoint {checkpoint}: choose one of {', '.join(CHECKPOINT_ROLES)}")
+    if sweep_dir is not None and (sweep_dir / RUN_INFO_FILE).is_file():
+        raise FileNotFoundError(
+            f"{sweep_dir} is a single run folder, not a sweep: report it with --baseline {sweep_dir}"
+        )
     jobs = collect_jobs(sweep_dir) if sweep_dir is not None else []
     jobs += [collect_run(path) for path in baselines]
     if not jobs:

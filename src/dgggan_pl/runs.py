@@ -9,12 +9,17 @@ a resumed run writes into its old folder, and Hydra's config files of the new at
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from dgggan_pl.utils.atomic import remove_stale_temp_files as remove_temp_files_in
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +28,12 @@ LAST_CHECKPOINT = "last.ckpt"
 LATEST = "latest"
 HYDRA_SUBDIR = ".hydra"
 RESUME_PREFIX = "resume-"
+REFUSED_PREFIX = "refused-"
 RUN_DIR_RESOLVER = "dgggan_run_dir"
 CONFIG_SUBDIR_RESOLVER = "dgggan_config_subdir"
+LOCK_FILE = ".run.lock"
+RUN_RECORD = "run_info.json"  # dgggan_pl.callbacks.run_info writes it; here only its presence matters
 _STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
-_TEMP_GLOB = ".*.tmp"  # dgggan_pl.utils.atomic's temp files: `.<name>.<random>.tmp` beside the target
 
 
 class ResumeError(FileNotFoundError):
@@ -76,15 +83,23 @@ def _run_dir(resume: str | None, fresh: str) -> str:
 
 
 def raise_pending_resume_error() -> None:
-    """Raise the error `resume=...` met while Hydra chose the run folder (see `_run_dir`)."""
+    """Raise the error `resume=...` met while Hydra chose the run folder (see `_run_dir`), once: a later run in
+    the same process (tests, notebooks) does not inherit it."""
     if _pending:
-        raise _pending[0]
+        error = _pending[0]
+        _pending.clear()
+        raise error
 
 
-def _config_subdir(resume: str | None, ckpt_path: str | None) -> str:
-    """hydra.output_subdir: `.hydra` for a new run; `.hydra/resume-<time>` when continuing an existing one."""
+def _config_subdir(resume: str | None, ckpt_path: str | None, run_dir: str | None = None) -> str:
+    """hydra.output_subdir: `.hydra` for a new run; `.hydra/resume-<time>` when continuing an existing one;
+    `.hydra/refused-<time>` (removed when `train` refuses the folder) for a new run into a folder that holds or
+    runs another one, whose `.hydra/` it must not overwrite."""
     if resume is None and ckpt_path is None:
-        return HYDRA_SUBDIR
+        occupied = run_dir is not None and any(
+            (Path(run_dir) / name).exists() for name in (LOCK_FILE, RUN_RECORD)
+        )
+        return f"{HYDRA_SUBDIR}/{REFUSED_PREFIX}{attempt_stamp()}" if occupied else HYDRA_SUBDIR
     return f"{HYDRA_SUBDIR}/{RESUME_PREFIX}{attempt_stamp()}"
 
 
@@ -112,9 +127,122 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: str | Non
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temp files a killed checkpoint write left in `<run>/checkpoints` (never a finished file)."""
-    folder = run_dir / CHECKPOINT_DIR
-    stale = sorted(folder.glob(_TEMP_GLOB)) if folder.is_dir() else []
+    stale = remove_temp_files_in(run_dir / CHECKPOINT_DIR)
     for path in stale:
-        path.unlink(missing_ok=True)
         log.info("removed %s, left by an interrupted checkpoint write", path)
     return stale
+
+
+_HYDRA_LOG_GLOB = "*.log"  # Hydra's job log (`<job name>.log`) beside `.hydra/`
+
+
+class RunFolderError(RuntimeError):
+    """The run folder is in use by another run, or already holds a finished or failed run (not resumed)."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _lock_is_live(holder: dict) -> bool:
+    """Whether the run that wrote a lock may still run: always when it ran on another host (unless it is this
+    SLURM job's earlier incarnation, requeued), else when its process exists."""
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job and holder.get("slurm_job_id") == slurm_job:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    return isinstance(pid, int) and pid != os.getpid() and _process_alive(pid)
+
+
+class RunLock:
+    """`<run>/.run.lock` (owner's pid, host, SLURM job, start time) held while a run writes to its folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        """Take the lock (a stale one is replaced, with a warning); `RunFolderError` when a live run holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            if self._create():
+                self.held = True
+                return self
+            holder = self._holder()
+            if holder is not None and _lock_is_live(holder):
+                raise RunFolderError(
+                    f"{self.path.parent} is in use by another run (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, started {holder.get('started')}); wait for it or choose another "
+                    f"hydra.run.dir (if that run is gone, delete {self.path})"
+                )
+            log.warning("removed the stale lock %s of a run that no longer runs (%s)", self.path, holder)
+            self.path.unlink(missing_ok=True)
+        raise RunFolderError(f"{self.path}: could not take the lock of the run folder; retry")
+
+    def _create(self) -> bool:
+        """Write the owner to a temp file and hard-link it as the lock: created complete, or not at all."""
+        tmp = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.owner), encoding="utf-8")
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def _holder(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.path.unlink(missing_ok=True)
+
+
+def refuse_finished_run(run_dir: Path, resuming: bool) -> None:
+    """A new run must not write into a folder that holds another run's record (its checkpoints and records
+    would mix); resuming that run is what continues it."""
+    record = Path(run_dir) / RUN_RECORD
+    if record.is_file() and not resuming:
+        raise RunFolderError(
+            f"{run_dir} already holds a run ({RUN_RECORD}); continue it with resume={run_dir}, or start a new "
+            "run in another hydra.run.dir"
+        )
+
+
+def discard_refused_configs(run_dir: Path) -> None:
+    """Remove the `.hydra/refused-<time>/` config copies of attempts refused by `RunLock`/`refuse_finished_run`."""
+    for folder in (Path(run_dir) / HYDRA_SUBDIR).glob(f"{REFUSED_PREFIX}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def discard_unused_run_dir(run_dir: Path) -> bool:
+    """Remove the folder Hydra created for an attempt that stopped before writing anything (e.g. resume=latest
+    with no run): only Hydra's `.hydra/` and job log in it. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    hydra_files = {run_dir / HYDRA_SUBDIR, *run_dir.glob(_HYDRA_LOG_GLOB)}
+    if any(path not in hydra_files for path in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()

@@ -30,6 +30,8 @@ from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
 from dgggan_pl.complexity import count_parameters
 from dgggan_pl.config import config_dir
 from dgggan_pl.data.datamodule import SRDataModule, per_process_batch
+from dgggan_pl.data.datasets import unreadable_training_files
+from dgggan_pl.data.io import ImageFolderError
 from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavailable
 from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.suite import METRICS
@@ -38,13 +40,19 @@ from dgggan_pl.objective import optimizer_steps
 from dgggan_pl.runs import (
     RESUME_PREFIX,
     ResumeError,
+    RunFolderError,
+    RunLock,
     attempt_stamp,
+    discard_refused_configs,
+    discard_unused_run_dir,
     raise_pending_resume_error,
+    refuse_finished_run,
     register_resolvers,
     remove_stale_temp_files,
     resolve_ckpt_path,
 )
 from dgggan_pl.utils.atomic import write_text_atomic
+from dgggan_pl.utils.exits import exit_on_signals, report_interruption
 from dgggan_pl.utils.noise import silence_dependency_noise
 from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config
 from dgggan_pl.weights import load_generator, load_state_dict_strict
@@ -221,9 +229,11 @@ def run_fit_and_test(
     loggers: list[Logger],
     ckpt_path: str | None,
     unavailable: Mapping[str, str],
+    record: RunRecord | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, then test the selected and the last checkpoint; returns the final metrics (those of the selected
-    checkpoint's test) and the checkpoint record for run_info.json."""
+    checkpoint's test) and the checkpoint record for run_info.json (`record` also gets the training images
+    that were skipped as unreadable)."""
     datamodule: SRDataModule = instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = [
@@ -240,7 +250,11 @@ def run_fit_and_test(
     )
     per_process_batch(int(cfg.data.batch_size), trainer.world_size)  # refuse before fitting
     log_run_summary(loggers, cfg, module, trainer.world_size)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        if record is not None:
+            record.data["unreadable_training_files"] = unreadable_training_files(datamodule)
     log.info("trained %d iterations (%d optimizer steps)", module.iteration, trainer.global_step)
     metrics = _float_metrics(trainer.callback_metrics, ("val/",))
     checkpoints: dict[str, Any] = {}
@@ -263,11 +277,39 @@ def _announce(output_dir: Path, status: str) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train (and test) one configuration; returns the final `val/...` and `test/<Set>/<metric>` metrics."""
-    raise_pending_resume_error()
-    check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
+    """Train (and test) one configuration; returns the final `val/...` and `test/<Set>/<metric>` metrics.
+
+    Rank 0 holds the run folder's lock (`runs.RunLock`) while the run writes there, and a new run refuses a
+    folder that already holds another run's record.
+    """
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume"))
+    try:
+        raise_pending_resume_error()
+        check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume"))
+    except (ConfigError, ResumeError):
+        if _global_rank() == 0 and cfg.get("ckpt_path") is None:
+            discard_unused_run_dir(output_dir)  # the folder Hydra made for this attempt holds nothing else
+        raise
+    lock = RunLock(output_dir) if _global_rank() == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+            refuse_finished_run(output_dir, resuming=ckpt_path is not None)
+    except RunFolderError:
+        if lock is not None:
+            lock.release()
+        discard_refused_configs(output_dir)
+        raise
+    try:
+        return _train_in_run_dir(cfg, output_dir, ckpt_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in_run_dir(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str, float]:
+    """`train` once its run folder is locked: the run record, the loggers, fit and test."""
     pl.seed_everything(cfg.seed, workers=True)
     attempt = attempt_stamp()
     if ckpt_path is not None and _global_rank() == 0:
@@ -280,7 +322,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         unavailable = unavailable_metrics(cfg.get("metrics"))
         loggers = instantiate_loggers(cfg.get("logger"), resume=ckpt_path is not None)
         record_unavailable(loggers, unavailable)
-        metrics, checkpoints = run_fit_and_test(cfg, output_dir, loggers, ckpt_path, unavailable)
+        metrics, checkpoints = run_fit_and_test(cfg, output_dir, loggers, ckpt_path, unavailable, record)
     except BaseException as error:
         record.fail(error)
         close_loggers(loggers, failed=True)
@@ -297,12 +339,19 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropStepMessage())
     silence_dependency_noise()  # the litlogger tip and Lightning's LeafSpec deprecation (utils/noise.py)
     try:
-        train(cfg)
-    except (ConfigError, ResumeError, InstantiationException) as error:
+        with exit_on_signals():  # Ctrl+C: exit 130, SIGTERM: 143 (utils/exits.py), one line each
+            train(cfg)
+    except (ConfigError, ResumeError, RunFolderError, ImageFolderError, InstantiationException) as error:
         cause = error.__cause__ if isinstance(error, InstantiationException) else error
-        if not isinstance(cause, ConfigError | ResumeError):
+        if not isinstance(cause, ConfigError | ResumeError | RunFolderError | ImageFolderError):
             raise
         raise SystemExit(f"error: {cause}") from None  # a bad value or path: one line, no traceback
+    except BaseException as error:
+        advice = f"run_info.json says failed; continue with resume={cfg.paths.output_dir}"
+        status = report_interruption(error, "train", advice)
+        if status is None:
+            raise
+        raise SystemExit(status) from None
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """`python -m dgggan_pl.upscale IN OUT --weights W`: x4 super-resolution of image files, tile by tile.
 
-IN is an image file or a folder of images (PNG, JPEG, BMP, TIFF, WebP; grayscale/RGBA/16-bit/palette are
-read as RGB, see `dgggan_pl.data.io`); OUT is a file (when IN is a file and OUT has an image extension) or
-a folder, where each result is written as `<input stem>.png`. Outputs are written atomically and existing
-ones are kept unless --overwrite; each written one is reported ("wrote PATH"). Tiles are rounded straight
-into the uint8 output, and the memory an input needs is estimated before it starts: an input that cannot
-fit is refused with what it needs and what to change. An unreadable input, one that does not fit, or an
-allocation failure is reported and skipped; the exit status is 1 when any input failed, 2 on a usage
-error. See docs/inference.md.
+IN is an image file or a folder of images (PNG, JPEG, BMP, TIFF, WebP, GIF's first frame; grayscale/RGBA/
+16-bit/palette are read as RGB, EXIF orientation is applied, see `dgggan_pl.data.io`; other files of the folder
+are listed as skipped); OUT is a file (when IN is a file and OUT has an image extension) or a folder, where each
+result is written as `<input stem>.png`. An output that is an input, or an output folder that is (or is
+inside) the input folder, is refused before any work: --overwrite never touches an input. Outputs are written
+atomically and existing ones are kept unless --overwrite; each written one is reported ("wrote PATH"); temp
+files a killed run left for these outputs are removed. Tiles are rounded straight into the uint8 output, and
+the memory an input needs is estimated before it starts: an input that cannot fit is refused with what it
+needs and what to change. An unreadable input, one that does not fit, or an allocation failure is reported and
+skipped; the exit status is 1 when any input failed, 2 on a usage error, 130 / 143 when stopped by Ctrl+C /
+SIGTERM. See docs/inference.md.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dgggan_pl.data.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     list_images,
+    other_files,
     quantize_uint8,
     read_image,
     save_image,
@@ -35,6 +39,8 @@ from dgggan_pl.data.io import (
 )
 from dgggan_pl.models.generator import DGGGANGenerator
 from dgggan_pl.tiling import estimate_memory, upscale_tiled
+from dgggan_pl.utils.atomic import remove_stale_temp_files, unwritable_reason
+from dgggan_pl.utils.exits import interruptible
 from dgggan_pl.weights import WeightsError, load_generator
 
 # LR pixels per HR-stage tile: 1.3 GiB peak RSS at C = 64, and fewer, larger ops than 64 (which is a little
@@ -65,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dgggan_pl.upscale",
         description="x4 super-resolution of an image file or a folder of images with a DGGGAN generator.",
-        epilog="Exit status: 0 all done, 1 some inputs failed (reported, the others were written), 2 usage error.",
+        epilog="Exit status: 0 all done, 1 some inputs failed (reported, the others were written), 2 usage error, "
+        "130 / 143 stopped by Ctrl+C / SIGTERM (rerun to continue: finished outputs are kept).",
     )
     parser.add_argument(
         "input", type=Path, help=f"image file or folder of images ({', '.join(IMAGE_EXTENSIONS)})"
@@ -149,6 +156,7 @@ def plan_jobs(source: Path, target: Path) -> list[Job]:
         return [Job(source, target / f"{source.stem}{OUTPUT_SUFFIX}")]
     if target.suffix.lower() in IMAGE_EXTENSIONS and not target.is_dir():
         raise ValueError(f"{source} is a folder, so the output {target} must be a folder, not an image file")
+    _check_output_outside(source, target)
     jobs = [Job(path, target / f"{path.stem}{OUTPUT_SUFFIX}") for path in list_images(source, "input")]
     seen: dict[Path, Path] = {}
     for job in jobs:
@@ -160,8 +168,34 @@ def plan_jobs(source: Path, target: Path) -> list[Job]:
     return jobs
 
 
+def _check_output_outside(source: Path, target: Path) -> None:
+    """Refuse an output folder that is, or is inside, the input folder: a rerun would upscale the results."""
+    inside = target.resolve() == source.resolve() or source.resolve() in target.resolve().parents
+    if inside:
+        where = "is" if target.resolve() == source.resolve() else "is inside"
+        raise ValueError(
+            f"the output folder {target} {where} the input folder {source}: results would mix with the inputs "
+            "(and be upscaled again by a rerun); choose an output folder outside it"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+
+
+def check_inputs_kept(jobs: Sequence[Job]) -> None:
+    """Refuse, before any work, an output path that is an input file (even with --overwrite)."""
+    for job in jobs:
+        clash = next((other.source for other in jobs if _same_file(job.target, other.source)), None)
+        if clash is not None:
+            raise ValueError(
+                f"the output {job.target} is the input {clash}: writing it would destroy the input; "
+                "choose another output file or folder"
+            )
+
+
 def upscale_image(
-    generator: DGGGANGenerator,
+    generator: SRGenerator,
     image: Tensor,
     *,
     tile: int,
@@ -324,23 +358,52 @@ def _upscale_file(
     limit: int | None,
     tiles: tqdm,
 ) -> None:
-    image = read_image(job.source)
+    image = read_image(job.source, apply_orientation=True)
     check_memory(generator, image, tile=args.tile, overlap=args.tile_overlap, limit=limit)
     tiles.reset()
     sr = upscale_image(generator, image, tile=args.tile, overlap=args.tile_overlap, half=half, tile_bar=tiles)
     del image
-    save_image(sr, job.target)
+    try:
+        save_image(sr, job.target)
+    except OSError as error:  # e.g. the folder became read-only or the disk filled up during the run
+        reason = error.strerror or str(error)
+        raise OSError(
+            f"cannot write {job.target} ({reason}); free space or choose another output folder"
+        ) from error
 
 
+def prepare_outputs(source: Path, jobs: Sequence[Job]) -> None:
+    """Before any work: refuse an unwritable output folder (one line with advice); remove the temp files a
+    killed run left for these outputs; list the files of an input folder that are not read."""
+    for folder in sorted({job.target.parent for job in jobs}):
+        reason = unwritable_reason(folder)
+        if reason is not None:
+            raise ValueError(f"cannot write to {folder} ({reason}); choose another output folder")
+    for folder in sorted({job.target.parent for job in jobs}):
+        for path in remove_stale_temp_files(
+            folder, [job.target.name for job in jobs if job.target.parent == folder]
+        ):
+            print(f"removed {path}, left by an interrupted run", file=sys.stderr)
+    if source.is_dir() and (skipped := other_files(source)):
+        print(
+            f"skipped {len(skipped)} file(s) of {source} that are not images ({', '.join(IMAGE_EXTENSIONS)}): "
+            + ", ".join(p.name for p in skipped),
+            file=sys.stderr,
+        )
+
+
+@interruptible("upscale", "rerun the same command to continue (finished outputs are kept)")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = _validate(args, parser)
     try:
         jobs = plan_jobs(args.input, args.output)
+        check_inputs_kept(jobs)
         generator, _ = load_generator(args.weights, use_ema=args.ema, map_location=device)
         if args.channels_last:
             generator = generator.to(memory_format=torch.channels_last)
+        prepare_outputs(args.input, jobs)
     except (WeightsError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

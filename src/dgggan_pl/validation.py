@@ -23,6 +23,17 @@ POSITIVE: Mapping[str, str] = {
 NON_NEGATIVE: Mapping[str, str] = {
     "optim.gan_start_iteration": "generator-only iterations before the GAN phase",
 }
+# Keys that count things: a fraction would be truncated without a word (iterations=1.5 trained 1 iteration).
+INTEGER = (
+    "iterations",
+    "data.batch_size",
+    "optim.n_critic",
+    "optim.gan_start_iteration",
+    "trainer.val_check_interval",
+    "scale",
+    "hr_patch_size",
+    "seed",
+)
 GPU_ACCELERATORS = ("gpu", "cuda")
 MAX_STEPS_MESSAGE = (
     "trainer.max_steps is derived from `iterations` (Lightning counts every optimizer step: 1 + n_critic per "
@@ -46,6 +57,10 @@ def _number(cfg: DictConfig, key: str) -> float | None:
 
 def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
     """Raise `ConfigError` for the first value that cannot work; `cuda_available` is for tests."""
+    for key in INTEGER:
+        value = _number(cfg, key)
+        if value is not None and (isinstance(OmegaConf.select(cfg, key), bool) or not value.is_integer()):
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: must be a whole number")
     for key, meaning in POSITIVE.items():
         value = _number(cfg, key)
         if value is not None and not value > 0:

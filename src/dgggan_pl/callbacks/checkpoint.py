@@ -6,6 +6,7 @@ import errno
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,15 +52,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
+        had_previous = Path(path).is_file()
         try:
             with atomic_open(path, "wb") as file:
                 torch.save(checkpoint, file)
         except Exception as error:
             if _out_of_space(error):
+                state = (
+                    f"the previous {Path(path).name} is intact"
+                    if had_previous
+                    else f"no {Path(path).name} had been written before, so there is none to resume from"
+                )
                 raise OSError(
                     errno.ENOSPC,
                     f"no space left on device while writing checkpoint {path}: free space there or point "
-                    "paths.output_dir (hydra.run.dir) at a disk with room; the previous checkpoint is intact",
+                    f"paths.output_dir (hydra.run.dir) at a disk with room; {state}",
                 ) from error
             raise
 

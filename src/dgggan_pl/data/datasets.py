@@ -5,10 +5,11 @@ Items are dicts `{"lr": (3, h, w), "hr": (3, s*h, s*w), "name": str}`, float32 i
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -16,7 +17,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dgggan_pl.data.imresize import imresize
-from dgggan_pl.data.io import list_images, read_image, to_float
+from dgggan_pl.data.io import (
+    ImageFolderError,
+    ImageReadError,
+    list_images,
+    probe_image,
+    read_image,
+    to_float,
+)
 from dgggan_pl.data.transforms import (
     check_pair_sizes,
     dihedral,
@@ -25,6 +33,8 @@ from dgggan_pl.data.transforms import (
     random_crop,
     random_dihedral_index,
 )
+
+log = logging.getLogger(__name__)
 
 LrSource = Literal["shipped", "generated"]
 LR_SOURCES: tuple[str, ...] = ("shipped", "generated")
@@ -58,7 +68,7 @@ class BenchmarkDataset(Dataset):
         self.lr_source = lr_source
         self.name = self.set_dir.name
         if not self.set_dir.is_dir():
-            raise FileNotFoundError(
+            raise ImageFolderError(
                 f"benchmark set folder not found: {self.set_dir}; point `paths.benchmark_dir` (or $DGGGAN_DATA_DIR) "
                 "at the folder holding <Set>/HR and <Set>/LR_bicubic/X4 (docs/data.md)"
             )
@@ -68,11 +78,11 @@ class BenchmarkDataset(Dataset):
             lr_dir = shipped_lr_dir(self.set_dir, self.scale)
             list_images(lr_dir, what=f"benchmark {self.name} LR x{self.scale}")
             self.lr_paths = [lr_dir / p.name for p in self.hr_paths]
-            missing = [str(p) for p in self.lr_paths if not p.is_file()]
+            missing = [p.name for p in self.lr_paths if not p.is_file()]
             if missing:
-                raise FileNotFoundError(
-                    f"{len(missing)} HR image(s) of {self.set_dir} have no LR file of the same name, e.g. {missing[0]}; "
-                    "add them or use data.lr_source=generated"
+                raise ImageFolderError(
+                    f"{len(missing)} HR image(s) of {self.set_dir} have no LR file of the same name in {lr_dir}: "
+                    f"{', '.join(missing)}; add them or use data.lr_source=generated"
                 )
 
     def __len__(self) -> int:
@@ -97,16 +107,21 @@ def _div2k_lr_name(hr_path: Path, scale: int) -> str:
 def match_lr_files(hr_paths: list[Path], lr_dir: Path, scale: int) -> list[Path]:
     """LR file for each HR file: same name (prepared sub-images, benchmarks) or DIV2K's `<stem>x<scale>` name."""
     list_images(lr_dir, what="LR")
-    matched = []
+    matched: list[Path] = []
+    missing: list[str] = []
     for hr_path in hr_paths:
         candidates = (lr_dir / hr_path.name, lr_dir / _div2k_lr_name(hr_path, scale))
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise FileNotFoundError(
-                f"no LR file for {hr_path} in {lr_dir} (looked for {candidates[0].name} and {candidates[1].name}); "
-                "add it, or leave the LR folder unset to generate LR on the fly"
-            )
-        matched.append(found)
+            missing.append(hr_path.name)
+        else:
+            matched.append(found)
+    if missing:
+        raise ImageFolderError(
+            f"{len(missing)} of {len(hr_paths)} HR image(s) of {hr_paths[0].parent} have no LR file in {lr_dir} "
+            f"(<name> or <stem>x{scale}<suffix>): {', '.join(missing)}; add them, or leave the LR folder unset "
+            "to generate LR from the HR images"
+        )
     return matched
 
 
@@ -122,41 +137,122 @@ class PairSource(Protocol):
     def load(self, index: int) -> tuple[Tensor | None, Tensor, str]: ...
 
 
-class FolderPairs:
-    """HR images of a folder, with LR images of the same name from `lr_dir`, or None (generate LR)."""
+def readable_images(paths: Sequence[Path], max_unreadable: int, where: str) -> tuple[list[int], list[str]]:
+    """Indices of `paths` that `probe` can open, and `"<path>: <reason>"` for each one it cannot (each logged).
 
-    def __init__(self, hr_dir: str | os.PathLike, lr_dir: str | os.PathLike | None, scale: int) -> None:
-        if not Path(hr_dir).is_dir():
-            raise FileNotFoundError(
-                f"training HR folder not found: {hr_dir}; prepare DIV2K with `python -m dgggan_pl.prepare` "
-                "(docs/data.md) or set data.train_source.hr_dir"
-            )
-        self.hr_paths = list_images(hr_dir, what="training HR")
-        self.lr_paths = None if lr_dir is None else match_lr_files(self.hr_paths, Path(lr_dir), scale)
+    Raises `ImageFolderError` when more than `max_unreadable` are unreadable, or all of them: a damaged copy of a
+    data set should stop the run, a few bad files among thousands should not.
+    """
+    readable: list[int] = []
+    unreadable: list[str] = []
+    for index, path in enumerate(paths):
+        try:
+            probe_image(path)
+        except ImageReadError as error:
+            log.warning("skipped unreadable training image %s", error)
+            unreadable.append(str(error))
+        else:
+            readable.append(index)
+    check_unreadable(unreadable, len(paths), max_unreadable, where)
+    return readable, unreadable
+
+
+def check_unreadable(unreadable: Sequence[str], total: int, max_unreadable: int, where: str) -> None:
+    """Stop (one line) when more than `max_unreadable` of `total` training images are unreadable, or all."""
+    if len(unreadable) > max_unreadable or (unreadable and len(unreadable) == total):
+        raise ImageFolderError(
+            f"{len(unreadable)} of {total} training images in {where} are unreadable (limit "
+            f"data.train_source.max_unreadable={max_unreadable}), first: {unreadable[0]}; repair or remove "
+            "them, or raise data.train_source.max_unreadable"
+        )
+
+
+class FolderPairs:
+    """HR images of a folder, with LR images of the same name from `lr_dir`, or None (generate LR).
+
+    Files that cannot be opened are skipped with a warning and listed in `unreadable` (the run record keeps
+    them); more than `max_unreadable` stop the run (`check_unreadable`). A file that opens but fails to decode
+    later (truncated after its header) is skipped when it is drawn: its neighbour is used instead.
+    """
+
+    def __init__(
+        self,
+        hr_dir: str | os.PathLike,
+        lr_dir: str | os.PathLike | None,
+        scale: int,
+        max_unreadable: int = 0,
+    ) -> None:
+        self.hr_dir = Path(hr_dir)
+        self.max_unreadable = int(max_unreadable)
+        hr_paths = list_images(
+            hr_dir,
+            what="training HR",
+            hint="; prepare DIV2K with `python -m dgggan_pl.prepare` (docs/data.md) or set data.train_source.hr_dir",
+        )
+        lr_paths = None if lr_dir is None else match_lr_files(hr_paths, Path(lr_dir), scale)
+        keep, self.unreadable = readable_images(
+            [*hr_paths, *(lr_paths or [])], self.max_unreadable, str(hr_dir)
+        )
+        kept = set(keep)
+        pairs = [
+            i for i in range(len(hr_paths)) if i in kept and (lr_paths is None or i + len(hr_paths) in kept)
+        ]
+        if not pairs:
+            check_unreadable(self.unreadable, len(self.unreadable), self.max_unreadable, str(hr_dir))
+        self.hr_paths = [hr_paths[i] for i in pairs]
+        self.lr_paths = None if lr_paths is None else [lr_paths[i] for i in pairs]
 
     def __len__(self) -> int:
         return len(self.hr_paths)
 
-    def load(self, index: int) -> tuple[Tensor | None, Tensor, str]:
+    def _read(self, index: int) -> tuple[Tensor | None, Tensor, str]:
         hr = read_image(self.hr_paths[index])
         lr = None if self.lr_paths is None else read_image(self.lr_paths[index])
         return lr, hr, str(self.hr_paths[index])
+
+    def load(self, index: int) -> tuple[Tensor | None, Tensor, str]:
+        for offset in range(len(self)):
+            try:
+                return self._read((index + offset) % len(self))
+            except ImageReadError as error:
+                if str(error) not in self.unreadable:
+                    log.warning("skipped unreadable training image %s", error)
+                    self.unreadable.append(str(error))
+                check_unreadable(
+                    self.unreadable, len(self) + len(self.unreadable), self.max_unreadable, str(self.hr_dir)
+                )
+        raise ImageFolderError(f"no training image of {self.hr_dir} can be read; repair or replace them")
 
 
 class InMemoryFolders:
     """HR images of several folders, decoded once and held in memory; LR is always generated (None).
 
     For training on a few hundred whole images (e.g. BSD100 + Urban100 HR for a CPU learning check), where
-    decoding a large PNG for every 48-pixel crop would cost more than the training step.
+    decoding a large PNG for every 48-pixel crop would cost more than the training step. Unreadable files are
+    skipped and listed in `unreadable`, as in `FolderPairs`.
     """
 
-    def __init__(self, hr_dirs: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, hr_dirs: Sequence[str | os.PathLike], max_unreadable: int = 0) -> None:
         if not hr_dirs:
-            raise ValueError(
+            raise ImageFolderError(
                 "InMemoryFolders needs at least one folder (config key data.train_source.hr_dirs)"
             )
-        self.hr_paths = [path for folder in hr_dirs for path in list_images(folder, what="training HR")]
-        self.images = [read_image(path) for path in self.hr_paths]
+        paths = [
+            path
+            for folder in hr_dirs
+            for path in list_images(folder, what="training HR", hint="; set data.train_source.hr_dirs")
+        ]
+        self.hr_paths: list[Path] = []
+        self.images: list[Tensor] = []
+        self.unreadable: list[str] = []
+        for path in paths:
+            try:
+                self.images.append(read_image(path))
+                self.hr_paths.append(path)
+            except ImageReadError as error:
+                log.warning("skipped unreadable training image %s", error)
+                self.unreadable.append(str(error))
+        check_unreadable(self.unreadable, len(paths), int(max_unreadable), ", ".join(map(str, hr_dirs)))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -238,3 +334,10 @@ class WholeImageDataset(Dataset):
         _, hr, name = self.source.load(index)
         hr = mod_crop(hr, self.scale)
         return {"lr": to_float(generate_lr(hr, self.scale)), "hr": to_float(hr), "name": Path(name).stem}
+
+
+def unreadable_training_files(datamodule: Any) -> list[str]:
+    """`"<path>: <reason>"` of each training file skipped as unreadable (for run_info.json); [] when the
+    training set was not built or its source does not skip files."""
+    dataset = getattr(datamodule, "train_dataset", None)
+    return list(getattr(getattr(dataset, "source", None), "unreadable", []))

@@ -10,9 +10,40 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_glob(name: str = "*") -> str:
+    """The pattern of `atomic_path`'s temp files for target `name` (all targets by default)."""
+    return f".{name}.*{TEMP_SUFFIX}"
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, names: Iterable[str] = ("*",)) -> list[Path]:
+    """Delete the temp files that a killed write to `folder/<name>` left behind (a finished file never matches:
+    its name has no leading dot and no temp suffix). Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted({path for name in names for path in folder.glob(temp_glob(name))})
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be created in `folder` (created if missing), e.g. "Permission denied"; None when
+    they can. Checked before slow work, so that a read-only output fails in one line and not per file."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=str(folder)):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _umask() -> int:
@@ -22,7 +53,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path`, on any error it is removed.
 
     The temp file gets the usual umask permissions (mkstemp's are 0600, wrong for shared outputs).
