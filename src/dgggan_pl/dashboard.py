@@ -23,8 +23,7 @@ from omegaconf import DictConfig
 from dgggan_pl.callbacks.wandb_metrics import ABLATION_KEY, GFLOPS_KEY, GOALS, benchmark_key
 from dgggan_pl.config import compose_config
 from dgggan_pl.metrics.perceptual import LPIPS_KEY, lpips_key
-from dgggan_pl.report import METRICS as TABLE_METRICS
-from dgggan_pl.report import TABLE1_ROWS, TABLE2_ROWS
+from dgggan_pl.report import TABLE1_ROWS, TABLE2_ROWS, report_metrics
 from dgggan_pl.utils.atomic import write_text_atomic
 
 INSTALL_HINT = "W&B dashboards need the optional extra `dashboard` (wandb-workspaces): pip install 'dgggan-pl[dashboard]'"
@@ -155,7 +154,7 @@ def build_report(cfg: DictConfig, entity: str, project: str, group: str) -> Any:
     """Tables 1 and 2 of the paper from the runs of one sweep group (the test metrics of each job's
     selected checkpoint, as `python -m dgggan_pl.report` tabulates them from the sweep folder)."""
     ws, wr = load_ui()
-    metrics = [logged_metric(cfg, metric) for metric, _, _ in TABLE_METRICS]
+    metrics = [logged_metric(cfg, metric) for metric, _, _ in report_metrics()]
     table1 = [benchmark_key("test", s, m) for m in metrics for s in cfg.test_sets]
     table2 = [benchmark_key("test", cfg.table2_set, m) for m in metrics] + [GFLOPS_KEY, PARAMS_KEY]
     blocks = [

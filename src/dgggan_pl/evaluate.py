@@ -27,7 +27,8 @@ from dgggan_pl.data.datasets import BenchmarkDataset
 from dgggan_pl.data.io import ImageReadError, save_image
 from dgggan_pl.methods import Method, MethodError, build_methods
 from dgggan_pl.metrics.niqe import NIQEModelError
-from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY, PretrainedWeightsMissing
+from dgggan_pl.metrics.perceptual import PretrainedWeightsMissing
+from dgggan_pl.metrics.registry import unknown_metrics_message
 from dgggan_pl.metrics.suite import BenchmarkMetrics, missing_model_files
 from dgggan_pl.metrics.tables import SetResult, safe_label, write_tables
 from dgggan_pl.runs import register_resolvers
@@ -66,8 +67,11 @@ def load_datasets(cfg: DictConfig) -> dict[str, BenchmarkDataset]:
 
 
 def preflight(cfg: DictConfig) -> None:
-    """Refuse before any work when a metric's model file is missing (no download is tried)."""
+    """Refuse before any work an unknown metric or a metric's missing model file (no download is tried)."""
     bench = cfg.metrics.benchmark
+    unknown = unknown_metrics_message(list(bench.metrics))
+    if unknown:
+        raise PreflightError(unknown)
     lines = missing_model_files(
         list(bench.metrics),
         bench.lpips,
@@ -156,10 +160,8 @@ def write_outputs(
 ) -> list[Path]:
     """Tables 3 and 4 and the per-image CSVs under `paths.output_dir`, and the values to the loggers."""
     out_dir = Path(cfg.paths.output_dir)
-    any_result = results[methods[0].label][cfg.sets[0]]
-    lpips_key = LPIPS_RANDOM_KEY if LPIPS_RANDOM_KEY in any_result.values else LPIPS_KEY
     sources = {m.label: m.source for m in methods}
-    written = write_tables(results, list(cfg.sets), out_dir, lpips_key, sources)
+    written = write_tables(results, list(cfg.sets), out_dir, sources)
     for path in written:
         log.info("wrote %s", path)
     from dgggan_pl.loggers import instantiate_loggers

@@ -40,8 +40,8 @@ from dgggan_pl.evaluate import (
     write_outputs,
 )
 from dgggan_pl.methods import Method
+from dgggan_pl.metrics import registry
 from dgggan_pl.metrics.fidelity import quantize_8bit
-from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.tables import SetResult, safe_label
 from dgggan_pl.models.gradient import gradient_magnitude
 from dgggan_pl.utils.atomic import atomic_open, write_text_atomic
@@ -51,9 +51,6 @@ log = logging.getLogger(__name__)
 TEMPLATE = "page_template.html"
 DATA_MARK = "/*DATA*/"
 HR_LABEL = "HR"
-METRIC_ORDER = ("psnr", "ssim", LPIPS_KEY, LPIPS_RANDOM_KEY, "niqe", "ma", "pi")
-METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", LPIPS_KEY: "LPIPS", LPIPS_RANDOM_KEY: "LPIPS(random)"}
-METRIC_FORMATS = {"psnr": "{:.2f} dB", "ssim": "{:.4f}", LPIPS_KEY: "{:.4f}", LPIPS_RANDOM_KEY: "{:.4f}"}
 FIGURE_FONT_SIZE = 14
 CAPTION_LINE = 18  # px per caption line under a tile
 GAP = 6  # px between tiles
@@ -165,12 +162,10 @@ def crop_box(hr: Tensor, size: int, centre: Sequence[int] | None) -> tuple[int, 
 def metric_lines(values: Mapping[str, float], keys: Sequence[str]) -> list[str]:
     """`["PSNR 28.43 dB", "LPIPS 0.2531"]`, a random-backbone LPIPS named as such, missing values as n/a."""
     parts = []
-    for key in keys:
-        if key == LPIPS_KEY and key not in values and LPIPS_RANDOM_KEY in values:
-            key = LPIPS_RANDOM_KEY
-        value = values.get(key)
-        text = "n/a" if value is None else METRIC_FORMATS.get(key, "{:.3f}").format(value)
-        parts.append(f"{METRIC_NAMES.get(key, key.upper())} {text}")
+    for key in (registry.displayed(k, values) for k in keys):
+        metric, value = registry.spec(key), values.get(key)
+        text = "n/a" if value is None else metric.format(value) if metric else f"{value:.3f}"
+        parts.append(f"{metric.label if metric else key.upper()} {text}")
     return parts
 
 
@@ -206,10 +201,12 @@ def page_data(
 ) -> dict:
     """The page's inlined JSON: per set and image, the HR file and each method's SR file and metrics."""
     keys = {k for by_set in results.values() for r in by_set.values() for k in r.values}
+    shown = [s for s in registry.specs() if s.key in keys]
     sets: dict[str, list[dict[str, object]]] = {}
     data = {
         "methods": [m.label for m in methods],
-        "metric_keys": [k for k in METRIC_ORDER if k in keys],
+        "metric_keys": [s.key for s in shown],
+        "metric_digits": {s.key: s.digits for s in shown},
         "sets": sets,
     }
     for set_name, dataset in datasets.items():

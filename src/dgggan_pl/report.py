@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, build_generator_from_config, count_gflops, count_parameters
 from dgggan_pl.launch.devices import override_key
 from dgggan_pl.launch.summary import COMPLETED, FAILED, INTERRUPTED, NOT_STARTED
+from dgggan_pl.metrics.registry import REPORT, table_columns
 from dgggan_pl.sweep_results import (
     CHECKPOINT_ROLES,
     FULL_MODEL,
@@ -41,8 +42,6 @@ PAPER_SETS = ("Set5", "Set14", "BSD100", "Urban100")  # column order of the pape
 # (row label, ablation name): the paper marks "without" with x and "with" with a check mark.
 TABLE1_ROWS = (("×", "no_grad"), ("√", FULL_MODEL))  # Table 1: gradient branch
 TABLE2_ROWS = (("×", "no_se"), ("√", FULL_MODEL))  # Table 2: SE block
-# (key, title, decimals): PI first, the paper's metric, printed as the paper prints it (4 decimals).
-METRICS = (("pi", "PI", 4), ("niqe", "NIQE", 4), ("psnr", "PSNR dB", 2))
 DEFAULT_TABLE2_SET = "Set5"  # the paper's Table 2 PI (3.2559) is its Table 1 Set5 value (else the first set)
 MISSING = "missing"
 # A row without a completed job shows the first of these statuses among its jobs.
@@ -87,6 +86,12 @@ class Row:
     def status(self) -> str:
         statuses = {job.status for job in self.jobs}
         return next((s for s in STATUS_ORDER if s in statuses), MISSING)
+
+
+def report_metrics() -> list[tuple[str, str, int]]:
+    """(key, title, decimals) of the metrics placed in the report (metrics/registry.py): PI first, the paper's
+    metric, as the paper prints it (4 decimals); NIQE and PSNR beside it."""
+    return [(s.key, f"{s.label} {s.unit}".strip(), digits) for s, digits in table_columns(REPORT)]
 
 
 def metric_key(set_name: str, metric: str) -> str:
@@ -213,7 +218,7 @@ def table1(rows: Sequence[Row], sets: Sequence[str], role: str) -> tuple[list[st
     show_variant = len({row.variant for row in rows}) > 1
     header_csv = ["gradient_branch", "ablation", "variant", "status", "checkpoint", "metric", *sets]
     lines, csv_rows = [], [header_csv]
-    for metric, title, decimals in METRICS:
+    for metric, title, decimals in report_metrics():
         md_rows = []
         for row in rows:
             cells = [metric_cell(row, metric_key(s, metric), decimals, role) for s in sets]
@@ -232,7 +237,7 @@ def table2(
 ) -> tuple[list[str], list[list[str]]]:
     """Markdown lines and CSV rows of Table 2: PI (and NIQE, PSNR) on `set_name`, params and GFLOPs."""
     show_variant = len({row.variant for row in rows}) > 1
-    titles = [title for _, title, _ in METRICS]
+    titles = [title for _, title, _ in report_metrics()]
     header = [
         "SE block",
         *titles,
@@ -249,14 +254,15 @@ def table2(
             "status",
             "checkpoint",
             "set",
-            *[m for m, _, _ in METRICS],
+            *[m for m, _, _ in report_metrics()],
             "params",
             "gflops",
         ]
     ]
     for row, cost in zip(rows, complexity, strict=True):
         cells = [
-            metric_cell(row, metric_key(set_name, metric), decimals, role) for metric, _, decimals in METRICS
+            metric_cell(row, metric_key(set_name, metric), decimals, role)
+            for metric, _, decimals in report_metrics()
         ]
         mark = COMPOSED_MARK if cost is not None and cost.composed else ""
         cost_text = [f"{cost.params:,}{mark}", f"{cost.gflops:.3f}{mark}"] if cost else ["n/a", "n/a"]
@@ -310,7 +316,7 @@ def notes(
         elif role not in job.checkpoints and RECORDED not in job.checkpoints:
             lines.append(f"- **n/a**: job {job.name} recorded no test of its `{role}` checkpoint.")
     completed = [job for job in jobs if job.status == COMPLETED]
-    for metric, title, _ in METRICS:
+    for metric, title, _ in report_metrics():
         keys = {metric_key(s, metric) for s in sets}
         if completed and not any(keys & set(t.metrics) for j in completed for t in j.checkpoints.values()):
             reasons = {j.unavailable[metric] for j in completed if metric in j.unavailable}

@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from dgggan_pl.metrics.registry import unknown_metrics_message
 
 # Keys that must be > 0, with what a sensible value is.
 POSITIVE: Mapping[str, str] = {
@@ -43,6 +46,14 @@ MAX_STEPS_MESSAGE = (
 
 class ConfigError(ValueError):
     """A config value that cannot mean what it says; the message names the key and the fix."""
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is Hydra's mandatory `???` (read unresolved: no interpolation is evaluated)."""
+    if node == "???":
+        return [prefix]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [key for k, v in items for key in _missing_keys(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
 def _number(cfg: DictConfig, key: str) -> float | None:
@@ -79,3 +90,10 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
             f"trainer.accelerator={accelerator} (trainer=gpu/ddp) needs a CUDA GPU and none is visible here; "
             "use trainer=ddp_cpu (DDP over 2 CPU processes) or trainer=cpu"
         )
+    missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (??? in its config); set it, e.g. {missing[0]}=<value>")
+    metrics = OmegaConf.select(cfg, "metrics.benchmark.metrics", default=None)
+    unknown = unknown_metrics_message(list(metrics)) if metrics is not None else None
+    if unknown:
+        raise ConfigError(unknown)

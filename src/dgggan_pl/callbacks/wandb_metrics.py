@@ -16,19 +16,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, count_gflops
-from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY
+from dgggan_pl.metrics.registry import GOALS  # which way is better, per metric (metrics/registry.py)
 
-# Which way is better, per benchmark metric (the last part of `val/<Set>/<metric>`). PI = ((10 - Ma) + NIQE) / 2,
-# LPIPS and NIQE are distances (lower is better); Ma's score, PSNR and SSIM are similarities (higher is better).
-GOALS: Mapping[str, str] = {
-    "pi": "min",
-    LPIPS_KEY: "min",
-    LPIPS_RANDOM_KEY: "min",
-    "niqe": "min",
-    "ma": "max",
-    "psnr": "max",
-    "ssim": "max",
-}
 GFLOPS_KEY = "model/generator_gflops"  # summary: the generator's cost, for the report's Table 2
 ABLATION_KEY = "ablation"  # top-level W&B config key the dashboard groups runs by
 

@@ -9,42 +9,37 @@ demo and tests make no network attempt. A disabled metric is listed too, as "dis
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from torch import Tensor, nn
 
-from dgggan_pl.metrics.fidelity import PSNRY, SSIMY
 from dgggan_pl.metrics.niqe import (
     LIVE_MODEL_SHA256,
     LIVE_MODEL_URL,
-    NIQE,
-    NIQEModelError,
-    NIQEScore,
-    NIQESettings,
     find_pristine_model,
-    load_pristine_model,
     missing_model_message,
 )
 from dgggan_pl.metrics.per_image import PerImageMetric, name_key
-from dgggan_pl.metrics.perceptual import (
-    LPIPSScore,
-    MaScore,
-    alexnet_checkpoint_path,
-    alexnet_missing_message,
-    build_lpips,
-    build_nrqm,
-    lpips_key,
+from dgggan_pl.metrics.perceptual import alexnet_checkpoint_path, alexnet_missing_message
+from dgggan_pl.metrics.registry import (
+    DISABLED_LPIPS,
+    MetricSettings,
+    MetricSpec,
+    MetricUnavailable,
+    requestable_keys,
+    shared_lpips,
+    spec,
+    unknown_metrics_message,
+    with_needs,
 )
 
-METRICS = ("psnr", "ssim", "lpips", "niqe", "ma", "pi")
+METRICS = requestable_keys()  # the paper's protocol: psnr, ssim, lpips, niqe, ma, pi (metrics/registry.py)
 MISSING_MODEL_POLICIES = ("unavailable", "error")
-PI_MA_OFFSET = 10.0  # PI = ((10 - Ma) + NIQE) / 2 (Blau et al., PIRM 2018)
-DISABLED_LPIPS = "disabled (metrics.lpips=disabled)"
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
+_shared_lpips = shared_lpips  # tests clear its cache to see the random-backbone warning again
 
 
 def warn_once(message: str) -> None:
@@ -52,23 +47,6 @@ def warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         log.warning(message)
-
-
-@functools.cache
-def _shared_lpips(mode: str, download: bool) -> nn.Module:
-    """One LPIPS network per mode for all sets (it is never registered, so sharing costs nothing)."""
-    return build_lpips(mode, download)
-
-
-@functools.cache
-def _shared_pristine(
-    path: str | None, url: str | None, sha256: str, search: tuple[str, ...]
-) -> tuple[Tensor, Tensor] | NIQEModelError:
-    """The pristine model, or the error (cached too: one lookup or download attempt per process)."""
-    try:
-        return load_pristine_model(path, url, sha256, search)
-    except NIQEModelError as err:
-        return err
 
 
 def missing_model_files(
@@ -104,17 +82,14 @@ def missing_model_files(
     return lines
 
 
-def perceptual_index(ma: float, niqe: float) -> float:
-    return ((PI_MA_OFFSET - ma) + niqe) / 2
-
-
 class BenchmarkMetrics(nn.Module):
-    """PSNR/SSIM (Y), LPIPS, NIQE, Ma and PI of one benchmark set.
+    """The requested metrics (metrics/registry.py) of one benchmark set: PSNR/SSIM (Y), LPIPS, NIQE, Ma and PI.
 
     `update(sr, hr, names=None)` with `(B, 3, H, W)` float in [0, 1] (sr unrounded: the metrics round to 8 bit
     and crop per protocol); `compute() -> dict[str, float]` over the available metrics; `reset()`;
     `unavailable: dict[str, str]` maps each requested-but-unavailable metric to its reason.
     Pass `names` (the batch's image names) so that images repeated by a distributed sampler count once.
+    Keys of `metrics.benchmark` beyond the named arguments reach the builders as `MetricSettings.options`.
     """
 
     def __init__(
@@ -133,67 +108,70 @@ class BenchmarkMetrics(nn.Module):
         nrqm_model_path: str | None = None,
         on_missing_model: str = "unavailable",
         download: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(metrics) - set(METRICS))
+        unknown = unknown_metrics_message(list(metrics))
         if unknown:
-            raise ValueError(f"metrics.benchmark.metrics: unknown {unknown}; choose from {METRICS}")
+            raise ValueError(unknown)
         if on_missing_model not in MISSING_MODEL_POLICIES:
             raise ValueError(
-                f"on_missing_model must be one of {MISSING_MODEL_POLICIES}, got {on_missing_model!r}"
+                f"metrics.on_missing_model must be one of {MISSING_MODEL_POLICIES}, got {on_missing_model!r}"
             )
+        settings = MetricSettings(
+            crop_border,
+            lpips,
+            ssim_kernel_size,
+            ssim_sigma,
+            niqe_convention,
+            niqe_model_path,
+            tuple(str(p) for p in niqe_search_paths),
+            niqe_model_url,
+            niqe_model_sha256,
+            niqe_settings,
+            nrqm_model_path,
+            on_missing_model,
+            download,
+            options,
+        )
         self.crop_border = crop_border
         self.unavailable: dict[str, str] = {}
         self.scores = nn.ModuleDict()
         self._names: dict[int, str] = {}
-        wanted = set(metrics)
-        if "psnr" in wanted:
-            self.scores["psnr"] = PSNRY(crop_border)
-        if "ssim" in wanted:
-            self.scores["ssim"] = SSIMY(crop_border, ssim_kernel_size, ssim_sigma)
-        if "lpips" in wanted and lpips == "disabled":
-            self.unavailable["lpips"] = DISABLED_LPIPS
-        elif "lpips" in wanted:
-            self.scores[lpips_key(lpips)] = LPIPSScore(_shared_lpips(lpips, download))
-        if wanted & {"niqe", "pi"}:
-            url = niqe_model_url if download else None
-            search = tuple(str(p) for p in niqe_search_paths)
-            self._add_niqe(
-                niqe_convention,
-                niqe_model_path,
-                url,
-                niqe_model_sha256,
-                search,
-                niqe_settings,
-                on_missing_model,
-            )
-        if wanted & {"ma", "pi"}:
-            self._add_ma(nrqm_model_path, download)
-        self.want_pi = "pi" in wanted
-        if self.want_pi and not {"niqe", "ma"} <= set(self.scores):
-            missing = [k for k in ("niqe", "ma") if k not in self.scores]
-            their = "its reason" if len(missing) == 1 else "their reasons"
-            self.unavailable["pi"] = f"needs {' and '.join(missing)} (unavailable: see {their})"
+        self.derived = [key for key in with_needs(list(metrics)) if self._build(key, settings)]
         for metric, reason in self.unavailable.items():
             if reason != DISABLED_LPIPS:
                 warn_once(f"metric '{metric}' unavailable: {reason}")
 
-    def _add_niqe(self, convention, path, url, sha256, search, settings, on_missing) -> None:
-        model = _shared_pristine(path, url, sha256, search)
-        if isinstance(model, NIQEModelError):
-            if on_missing == "error":
-                raise model
-            self.unavailable["niqe"] = str(model)
-            return
-        niqe = NIQE(*model, NIQESettings(**(settings or {})))
-        self.scores["niqe"] = NIQEScore(niqe, convention, self.crop_border)
+    def _build(self, key: str, settings: MetricSettings) -> bool:
+        """Add metric `key`'s module (or its reason to `unavailable`); True for a derived metric available here."""
+        metric = spec(key)
+        assert metric is not None
+        if metric.derive is not None:
+            missing = [k for k in metric.needs if k not in self.scores]
+            if not missing:
+                return True
+            their = "its reason" if len(missing) == 1 else "their reasons"
+            self.unavailable[key] = f"needs {' and '.join(missing)} (unavailable: see {their})"
+            return False
+        assert metric.build is not None, f"metric {key!r} has neither build nor derive"
+        try:
+            self.scores[metric.logged_key(settings)] = metric.build(settings)
+        except MetricUnavailable as reason:
+            self.unavailable[key] = reason.reason
+        return False
 
-    def _add_ma(self, nrqm_model_path, download: bool) -> None:
-        nrqm, reason = build_nrqm(self.crop_border, nrqm_model_path, download)
-        if nrqm is None:
-            self.unavailable["ma"] = str(reason)
-        else:
-            self.scores["ma"] = MaScore(nrqm)
+    @property
+    def want_pi(self) -> bool:
+        """Whether PI was requested (available or not)."""
+        return "pi" in self.derived or "pi" in self.unavailable
+
+    def _with_derived(self, values: dict[str, float]) -> dict[str, float]:
+        for key in self.derived:
+            derive = cast(MetricSpec, spec(key)).derive
+            assert derive is not None
+            values[key] = derive(values)
+        return values
 
     def update(self, sr: Tensor, hr: Tensor, names: Sequence[str] | None = None) -> None:
         """Score a batch: `sr`, `hr` `(B, 3, H, W)` float in [0, 1] (same size within the batch)."""
@@ -204,10 +182,9 @@ class BenchmarkMetrics(nn.Module):
 
     def compute(self) -> dict[str, float]:
         """Per-image means over the set (synchronised across ranks)."""
-        out = {key: float(cast(PerImageMetric, metric).compute()) for key, metric in self.scores.items()}
-        if self.want_pi and "pi" not in self.unavailable:
-            out["pi"] = perceptual_index(out["ma"], out["niqe"])
-        return out
+        return self._with_derived(
+            {key: float(cast(PerImageMetric, metric).compute()) for key, metric in self.scores.items()}
+        )
 
     def per_image(self) -> dict[str, dict[str, float]]:
         """`{image name: {metric: value}}` of this process's images (single-process evaluation only)."""
@@ -220,10 +197,7 @@ class BenchmarkMetrics(nn.Module):
                 if name is None:
                     raise RuntimeError("per_image() needs the image names: pass names= to update()")
                 table.setdefault(name, {})[key] = value
-        if self.want_pi and "pi" not in self.unavailable:
-            for row in table.values():
-                row["pi"] = perceptual_index(row["ma"], row["niqe"])
-        return table
+        return {name: self._with_derived(row) for name, row in table.items()}
 
     def reset(self) -> None:
         for metric in self.scores.values():

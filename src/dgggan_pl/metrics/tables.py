@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dgggan_pl.metrics.perceptual import LPIPS_KEY, LPIPS_RANDOM_KEY
+from dgggan_pl.metrics import registry
+from dgggan_pl.metrics.registry import TABLE3, TABLE4
 from dgggan_pl.utils.atomic import write_text_atomic
 
 UNAVAILABLE = "unavailable"
@@ -47,28 +48,30 @@ class TableSpec:
     columns: tuple[Column, ...]
 
 
-TABLE3 = TableSpec(
-    "table3_psnr_ssim",
-    "PSNR (dB) / SSIM on Y (MATLAB rgb2ycbcr), border = scale, per-image mean",
-    (Column("psnr", "PSNR", 2), Column("ssim", "SSIM", 4)),
-)
+CAPTIONS = {  # the tables evaluate writes; their columns are the metrics placed in them (metrics/registry.py)
+    TABLE3: "PSNR (dB) / SSIM on Y (MATLAB rgb2ycbcr), border = scale, per-image mean",
+    TABLE4: "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1) / NIQE (PIRM convention), per-image "
+    "mean; lower is better",
+}
 
 
-def table4(lpips_key: str = LPIPS_KEY) -> TableSpec:
-    """Table 4 (PI / LPIPS / NIQE); a random-backbone LPIPS gets its own, explicit column name."""
-    header = "LPIPS" if lpips_key == LPIPS_KEY else "LPIPS (RANDOM backbone, test only)"
-    if lpips_key not in (LPIPS_KEY, LPIPS_RANDOM_KEY):
-        raise ValueError(f"unknown LPIPS key {lpips_key!r}")
-    return TableSpec(
-        "table4_pi_lpips",
-        "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1) / NIQE (PIRM convention), per-image "
-        "mean; lower is better",
-        (Column("pi", "PI", 3), Column(lpips_key, header, 4), Column("niqe", "NIQE", 3)),
+def table_spec(name: str, present: Sequence[str] = ()) -> TableSpec:
+    """Table `name` with the metrics placed in it; `present` (the computed keys) picks a variant's column, so a
+    random-backbone LPIPS gets its own, explicit column name."""
+    columns = tuple(
+        Column(s.key, s.header or s.label, digits) for s, digits in registry.table_columns(name, present)
     )
+    return TableSpec(name, CAPTIONS[name], columns)
 
 
 NOT_REQUESTED = "not requested (metrics.benchmark.metrics)"
-PI_PARTS = {"ma": "Ma", "niqe": "NIQE"}  # PI is built from these: their reasons explain an empty PI cell
+
+
+def _needed_parts(key: str) -> dict[str, str]:
+    """What a derived metric is built from, `{key: label}`: their reasons explain its empty cell (PI: Ma, NIQE)."""
+    metric = registry.spec(key)
+    parts = [registry.spec(k) for k in (metric.needs if metric else ())]
+    return {part.key: part.label for part in parts if part is not None}
 
 
 def _reasons(results: Results, sets: Sequence[str], spec: TableSpec) -> dict[tuple[str, str], list[str]]:
@@ -81,11 +84,11 @@ def _reasons(results: Results, sets: Sequence[str], spec: TableSpec) -> dict[tup
                 if col.key not in result.values:
                     reason = result.unavailable.get(col.key, NOT_REQUESTED)
                     notes.setdefault((col.header, reason), []).append(f"{method} / {set_name}")
-                if col.key == "pi" and "pi" in result.unavailable:
+                if col.key in result.unavailable:
                     shown = {c.key for c in spec.columns}
-                    for part, header in PI_PARTS.items():
+                    for part, header in _needed_parts(col.key).items():
                         if part in result.unavailable and part not in shown:
-                            key = (f"{header} (needed by PI)", result.unavailable[part])
+                            key = (f"{header} (needed by {col.header})", result.unavailable[part])
                             notes.setdefault(key, []).append(f"{method} / {set_name}")
     return notes
 
@@ -158,14 +161,14 @@ def write_tables(
     results: Results,
     sets: Sequence[str],
     out_dir: Path,
-    lpips_key: str = LPIPS_KEY,
     sources: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write Tables 3 and 4 (`.md` and `.csv`) and per-image CSVs under `out_dir`; return the paths written.
 
     `sources`: method -> where its row comes from (checkpoint file and iteration), shown beside the name."""
+    present = list(dict.fromkeys(k for by_set in results.values() for r in by_set.values() for k in r.values))
     written = []
-    for spec in (TABLE3, table4(lpips_key)):
+    for spec in (table_spec(TABLE3, present), table_spec(TABLE4, present)):
         for suffix, render in ((".md", markdown_table), (".csv", csv_table)):
             path = out_dir / f"{spec.name}{suffix}"
             write_text_atomic(path, render(results, sets, spec, sources))
