@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dgggan_pl.objective import critic_inputs
@@ -50,3 +52,45 @@ def test_experiment_and_ablation_compose(compose, experiment, ablation) -> None:
     smoke = compose([f"experiment={experiment}", f"ablation={ablation}", "debug=smoke"])
     assert smoke.iterations <= 8 and smoke.trainer.accelerator == "cpu"
     assert smoke.model.generator.channels <= 8
+
+
+@pytest.mark.parametrize("data", ["div2k", "div2k_packed", "benchmark_train", "folder"])
+def test_an_experiment_composes_with_any_data_config(compose, data) -> None:
+    """The demo's choice of sample photos belongs to its data config (data=sample_photos), not to the experiment."""
+    cfg = compose(["experiment=demo", f"data={data}"])
+    assert "names" not in cfg.data.train_source
+    assert cfg.data.batch_size == 4 and cfg.hr_patch_size == 64  # the experiment's own values still apply
+    assert list(compose(["experiment=demo"]).data.train_source.names) == ["astronaut", "coffee", "motorcycle"]
+
+
+def test_training_on_a_folder_of_your_own_photos(compose, tmp_path) -> None:
+    """docs/data.md's recipe: `experiment=demo data=folder data.train_source.hr_dir=<photos>` gives batches."""
+    from hydra.utils import instantiate
+    from PIL import Image
+    from skimage import data as skdata
+
+    from dgggan_pl.validation import ConfigError, check_config
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skdata.astronaut()).save(photos / "me.jpg")
+    Image.fromarray(skdata.coffee()).save(photos / "cup.png")
+    with pytest.raises(ConfigError, match=r"^data.train_source.hr_dir is required"):
+        check_config(compose(["experiment=demo", "data=folder"]))  # the folder is not guessed
+    cfg = compose(
+        [
+            "experiment=demo",
+            "data=folder",
+            f"data.train_source.hr_dir={photos}",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+        ]
+    )
+    check_config(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert tuple(batch["hr"].shape) == (4, 3, 64, 64) and tuple(batch["lr"].shape) == (4, 3, 16, 16)
+    assert {Path(name).stem for name in batch["name"]} <= {"me", "cup"}
+    assert sorted(p.name for p in datamodule.train_dataset.source.hr_paths) == ["cup.png", "me.jpg"]
+    assert datamodule.val_set_names == ["Sample"]

@@ -71,9 +71,26 @@ def term_specs(loss: Mapping[str, Any]) -> list[TermSpec]:
             raise ValueError(f"{key}.input={term['input']!r} is not one of {list(INPUTS)}")
         if weight > 0:
             specs.append(TermSpec(str(name), weight, term["input"], term["loss"], term.get("critic")))
+    check_active(loss.get("active"), terms, specs)
     if not specs:
         raise ValueError("loss.terms: every term has weight 0; the generator would have nothing to minimise")
     return specs
+
+
+def check_active(active: Any, terms: Mapping[str, Any], specs: list[TermSpec]) -> None:
+    """A stage preset's `loss.active` (conf/loss/pretrain.yaml) names existing terms, and no other term has a
+    weight: a term added to the paper's objective never joins a stage unasked."""
+    if active is None:
+        return
+    unknown = [name for name in active if name not in terms]
+    if unknown:
+        raise ValueError(f"loss.active names {unknown}, which loss.terms lacks (terms: {list(terms)})")
+    for spec in specs:
+        if spec.name not in active:
+            raise ValueError(
+                f"loss.terms.{spec.name}.weight={spec.weight} but loss.active={list(active)} leaves it out: "
+                f"add it (loss.active=[{','.join([*active, spec.name])}]) or set loss.terms.{spec.name}.weight=0"
+            )
 
 
 def critic_inputs(loss: Mapping[str, Any]) -> dict[str, str]:
