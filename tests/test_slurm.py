@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.config import config_dir
+from dgggan_pl.launch import slurm_queue
 from hydra_plugins.dgggan_launchers.slurm_launcher import SlurmDDPLauncher
 
 LAYOUT = ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4", "hydra.launcher.partition=gpu"]
@@ -61,9 +62,14 @@ def launcher(tmp_path: Path, fake_srun: None) -> Iterator[SlurmDDPLauncher]:
     HydraConfig.instance().cfg = None
 
 
+def _sbatch(launcher: SlurmDDPLauncher, job_cfgs: list[DictConfig]) -> str:
+    launcher.resolve_gpus(job_cfgs)
+    return launcher.make_executor()._executor._make_submission_file_text(command="python -m x", uid="u")
+
+
 def test_sbatch_parameters(launcher: SlurmDDPLauncher) -> None:
     assert type(launcher).__name__ == "SlurmDDPLauncher"  # Hydra's plugin scan loads its own module copy
-    sbatch = launcher.make_executor()._executor._make_submission_file_text(command="python -m x", uid="u")
+    sbatch = _sbatch(launcher, [launcher.config])  # trainer.accelerator=auto: one GPU per task
     for line in [
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
@@ -96,3 +102,39 @@ def test_gpus_per_node_must_match_tasks(tmp_path: Path, fake_srun: None) -> None
     with pytest.raises(ValueError, match="one DDP rank"):
         instantiate(cfg.hydra.launcher).check_layout()
     HydraConfig.instance().cfg = None
+
+
+def test_a_cpu_trainer_asks_for_no_gpus(launcher: SlurmDDPLauncher) -> None:
+    """A CPU-only cluster refuses any --gpus-per-node (`Invalid generic resource (gres) specification`)."""
+    cpu = OmegaConf.merge(launcher.config, {"trainer": {"accelerator": "cpu"}})
+    assert "--gpus-per-node" not in _sbatch(launcher, [cpu, cpu])
+    assert "#SBATCH --ntasks-per-node=4" in _sbatch(launcher, [cpu])
+
+
+def test_one_array_cannot_mix_cpu_and_gpu_trainers(launcher: SlurmDDPLauncher) -> None:
+    cpu = OmegaConf.merge(launcher.config, {"trainer": {"accelerator": "cpu"}})
+    with pytest.raises(ValueError, match=r"trainer\.accelerator=auto,cpu.*hydra\.launcher\.gpus_per_node"):
+        launcher.resolve_gpus([launcher.config, cpu])
+
+
+def test_queue_and_accounting_output_parsing() -> None:
+    queue = slurm_queue.parse_squeue("12_0|RUNNING|None\n12_1|PENDING|BeginTime\nnoise\n")
+    assert queue["12_1"] == slurm_queue.QueueEntry("12_1", "PENDING", "BeginTime") and len(queue) == 2
+    assert slurm_queue.array_ids(["12_0", "12_1", "13"]) == ["12", "13"]
+    records = slurm_queue.parse_sacct("12_0|COMPLETED|0:0|41\n12_1|CANCELLED by 0|0:15|7\n13|RUNNING|0:0|\n")
+    assert records["12_0"] == slurm_queue.Accounting("COMPLETED", 0, 41.0)
+    assert records["12_1"].state == "CANCELLED" and records["13"].seconds is None
+
+
+def test_a_job_that_can_never_start_names_the_key_to_change() -> None:
+    params = {"cpus_per_task": 8, "tasks_per_node": 1, "mem_gb": None, "partition": "debug"}
+    reasons = ["PartitionConfig"]
+    pending = slurm_queue.QueueEntry("5_0", "PENDING", "PartitionConfig")
+    advice = slurm_queue.never_starting_advice(pending, params, {"cpus": 2, "memory_mb": 8000}, reasons)
+    assert advice is not None and "Reason=PartitionConfig" in advice
+    assert "lower hydra.launcher.cpus_per_task" in advice and "has 2" in advice
+    waiting = slurm_queue.QueueEntry("5_0", "PENDING", "Resources")  # clears when other jobs end
+    assert slurm_queue.never_starting_advice(waiting, params, {"cpus": 2}, reasons) is None
+    big_memory = {**params, "cpus_per_task": 1, "mem_gb": 64}
+    advice = slurm_queue.never_starting_advice(pending, big_memory, {"cpus": 2, "memory_mb": 8000}, reasons)
+    assert advice is not None and "lower hydra.launcher.mem_gb" in advice

@@ -17,11 +17,14 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
+from dgggan_pl.launch import slurm_queue
+from dgggan_pl.launch.requeue import requeue_reason
 from dgggan_pl.utils.atomic import write_json_atomic
 
 RUN_INFO_FILE = "run_info.json"
 RANK_DIR = "ranks"
 COMPLETED = "completed"
+REQUEUED = "requeued"  # a SLURM job that saved last.ckpt and waits to resume from it (report: incomplete)
 
 
 def config_sha256(cfg: DictConfig) -> str:
@@ -64,7 +67,7 @@ def read_status(path: Path) -> str | None:
 
 
 class RunRecord:
-    """`<output_dir>/run_info.json`: status running -> completed | failed, with the final metrics.
+    """`<output_dir>/run_info.json`: status running -> completed | failed | requeued, with the final metrics.
 
     A completed record is never replaced by a later attempt unless that attempt completes too: while a resumed
     attempt runs, its record is `run_info.attempt-<time>.json`, and when it fails it stays beside the completed
@@ -119,8 +122,17 @@ class RunRecord:
         self._remove_attempt()
 
     def fail(self, error: BaseException) -> None:
+        """A failed attempt, or one that ends to be requeued by SLURM (`requeued`: it resumes from last.ckpt)."""
         message = "".join(traceback.format_exception_only(type(error), error)).strip()
-        self.data |= {"status": "failed", "finished": _now(), "error": message}
+        requeue = requeue_reason()
+        if requeue is not None and slurm_queue.this_job_requeued():
+            self.data |= {
+                "status": REQUEUED,
+                "finished": _now(),
+                "error": f"waiting to be requeued: {requeue}",
+            }
+        else:
+            self.data |= {"status": "failed", "finished": _now(), "error": message}
         self._write(self.failed_path if self.protects_completed else self.path)
         self._remove_attempt()
 

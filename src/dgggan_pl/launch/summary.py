@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.json"
 # A job's life: pending -> running -> completed | failed | interrupted; "not started" when the sweep was
-# interrupted (or aborted) before the job's turn. `submitted` is a SLURM job not collected yet.
+# interrupted (or aborted) before the job's turn. `submitted` is a SLURM job not collected yet; `cancelled`
+# (scancel) and `lost` (gone from SLURM's queue without a result) are SLURM jobs that ended without finishing.
 PENDING, SUBMITTED, RUNNING = "pending", "submitted", "running"
 COMPLETED, FAILED, INTERRUPTED, NOT_STARTED = "completed", "failed", "interrupted", "not started"
+CANCELLED, LOST = "cancelled", "lost"
 
 
 class SweepJobsFailed(RuntimeError):

@@ -12,6 +12,7 @@ does; and a timed-out or preempted job saves last.ckpt and resumes from it when 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,18 +22,38 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from dgggan_pl.launch import slurm_queue
 from dgggan_pl.launch.commands import with_wandb_group
 from dgggan_pl.launch.compose import job_config
 from dgggan_pl.launch.rank_entry import rank_overrides
-from dgggan_pl.launch.requeue import CALLBACK_OVERRIDE, install_deferred_handler, resume_overrides
-from dgggan_pl.launch.summary import COMPLETED, FAILED, SUBMITTED, JobRecord, mark_failures, write_summary
+from dgggan_pl.launch.requeue import (
+    CALLBACK_OVERRIDE,
+    exit_code_after_stop,
+    install_deferred_handler,
+    resume_overrides,
+)
+from dgggan_pl.launch.runner import exit_by_signal
+from dgggan_pl.launch.slurm_queue import SweepWatch
+from dgggan_pl.launch.summary import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    LOST,
+    SUBMITTED,
+    JobRecord,
+    mark_failures,
+    write_summary,
+)
 from dgggan_pl.runs import last_checkpoint
 
 log = logging.getLogger(__name__)
 
 INIT_KEYS = {"submitit_folder", "max_num_timeout"}  # AutoExecutor(...) arguments, not job parameters
+AUTO = "auto"  # gpus_per_node derived from the trainer (`resolve_gpus`)
+GONE_AFTER_POLLS = 2  # a job absent from squeue this many polls in a row, without a result, has ended
 
 
 class SubmititDDPLauncher(BaseSubmititLauncher):
@@ -47,11 +68,29 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         **params: Any,
     ) -> None:
         self.poll_s = float(params.pop("poll_s", 10.0))  # how often finished jobs are collected
+        self.accelerator_key = str(params.pop("accelerator_key", "trainer.accelerator"))
+        self.never_starting_reasons = list(params.pop("never_starting_reasons", None) or [])
         super().__init__(**params)
         self.layout_keys = {num_nodes_key: self.params["nodes"], devices_key: self.params["tasks_per_node"]}
         self.wandb_group_key = wandb_group_key
         self.wandb_group = wandb_group
         self.jobs: list[JobRecord] = []  # every job of the sweep (a sweeper may launch in several batches)
+        self._accounting: bool | None = None  # whether sacct answers (slurmdbd), asked at the first poll
+
+    def resolve_gpus(self, job_cfgs: Sequence[DictConfig]) -> None:
+        """`gpus_per_node: auto`: one GPU per task for a GPU trainer, none (no `--gpus-per-node`, which a
+        CPU-only cluster refuses) when the jobs' `trainer.accelerator` is cpu."""
+        if self.params.get("gpus_per_node") != AUTO:
+            return
+        accelerators = sorted(
+            {str(OmegaConf.select(c, self.accelerator_key, default="auto")) for c in job_cfgs}
+        )
+        if len(accelerators) > 1:
+            raise ValueError(
+                f"the jobs of one SLURM array share their sbatch options but use {self.accelerator_key}="
+                f"{','.join(accelerators)}: set hydra.launcher.gpus_per_node or sweep them separately"
+            )
+        self.params["gpus_per_node"] = None if accelerators == ["cpu"] else self.params["tasks_per_node"]
 
     def check_layout(self) -> None:
         """One task per device: gpus_per_node (when set) must equal tasks_per_node."""
@@ -115,9 +154,16 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
 
         environment = submitit.JobEnvironment()
         install_deferred_handler(environment._usr_sig())
+        install_deferred_handler(signal.SIGTERM)  # scontrol requeue, preemption, scancel
         assert self.config is not None
         extra = rank_overrides(str(self.config.hydra.job.name), environment.global_rank)
-        return super().__call__([*sweep_overrides, *extra], job_dir_key, job_num, job_id, singleton_state)
+        try:
+            return super().__call__([*sweep_overrides, *extra], job_dir_key, job_num, job_id, singleton_state)
+        except SystemExit as stop:  # Lightning ends a SIGTERM'ed fit with SystemExit(None): exit status 0
+            code = exit_code_after_stop()
+            if code is not None and not stop.code:
+                raise SystemExit(code) from stop
+            raise
 
     def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
         """submitit's requeue (in the job, rank 0): the same job, resuming from its last.ckpt if it has one."""
@@ -131,19 +177,19 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        self.check_layout()
-        executor = self.make_executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = []
+        jobs, job_cfgs = [], []
         for i, overrides in enumerate(job_overrides):
             job = JobRecord(num=initial_job_idx + i, overrides=self.job_overrides(overrides))
-            job.output_dir = str(
-                job_config(self.hydra_context, self.config, job.overrides, job.num).hydra.runtime.output_dir
-            )
+            job_cfgs.append(job_config(self.hydra_context, self.config, job.overrides, job.num))
+            job.output_dir = str(job_cfgs[-1].hydra.runtime.output_dir)
             job.processes = self.params["nodes"] * self.params["tasks_per_node"]
             log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))}")
             jobs.append(job)
+        self.resolve_gpus(job_cfgs)
+        self.check_layout()
+        executor = self.make_executor()
         self.jobs += jobs
         state = Singleton.get_state()
         calls = [(job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state) for job in jobs]
@@ -153,31 +199,139 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
             job.command = [f"{self._EXECUTOR} job {handle.job_id}"]
         write_summary(sweep_dir, self._EXECUTOR, self.jobs)
         log.info(f"Submitted {len(jobs)} {self._EXECUTOR} jobs; sweep output dir: {sweep_dir}")
-        returns: dict[int, JobReturn] = {}
-        waiting = dict(enumerate(submitted))
-        while waiting:  # collect each job as it ends, so the summary is current while others still run
-            for index, handle in list(waiting.items()):
-                if handle.done():
-                    returns[index] = self._collect(jobs[index], waiting.pop(index))
-                    write_summary(sweep_dir, self._EXECUTOR, self.jobs)
-            if waiting:
-                time.sleep(self.poll_s)
-        ordered = [returns[i] for i in range(len(jobs))]
+        watch = SweepWatch(jobs=jobs, handles=dict(enumerate(submitted)))
+        try:
+            self._wait(watch, sweep_dir)
+        except KeyboardInterrupt:
+            self._detach(watch, sweep_dir)
+            exit_by_signal(signal.SIGINT)
+        ordered = [watch.returns[i] for i in range(len(jobs))]
         mark_failures(jobs, ordered, sweep_dir)
         return ordered
 
-    def _collect(self, job: JobRecord, handle: Any) -> JobReturn:
+    def _wait(self, watch: SweepWatch, sweep_dir: Path) -> None:
+        """Collect each job as it ends, so that the summary is current while others still run; on SLURM also
+        end the wait for jobs that left the queue without a result or can never start (`_check_queue`)."""
+        while watch.handles:
+            changed = False
+            for index, handle in list(watch.handles.items()):
+                if self._finished(handle):
+                    watch.returns[index] = self._collect(watch.jobs[index], watch.handles.pop(index), watch)
+                    changed = True
+            if watch.handles and self._EXECUTOR == "slurm":
+                changed = self._check_queue(watch) or changed
+            if changed:
+                write_summary(sweep_dir, self._EXECUTOR, self.jobs)
+            if watch.handles:
+                time.sleep(self.poll_s)
+
+    def _finished(self, handle: Any) -> bool:
+        """Whether the job wrote its result; asks sacct (submitit's `done`) only where accounting exists,
+        instead of three `Bypassing sacct error` lines per poll on clusters without it."""
+        if handle.paths.result_pickle.exists():
+            return True
+        if self._EXECUTOR != "slurm":
+            return bool(handle.done())
+        if self._accounting is None:
+            self._accounting = slurm_queue.accounting_enabled()
+        return bool(self._accounting and handle.done())
+
+    def _check_queue(self, watch: SweepWatch) -> bool:
+        """squeue once for every waiting job: note when each starts running, record a job gone from the queue
+        without a result (cancelled / lost), and stop the sweep when a job pends for a reason that waiting
+        cannot clear (naming the launcher key to change). Returns whether a job ended here."""
+        queue = slurm_queue.squeue(str(h.job_id) for h in watch.handles.values())
+        if queue is None:  # squeue itself failed: nothing can be concluded
+            return False
+        changed = False
+        for index, handle in list(watch.handles.items()):
+            entry = queue.get(str(handle.job_id))
+            if entry is None:
+                watch.misses[index] = watch.misses.get(index, 0) + 1
+                if watch.misses[index] >= GONE_AFTER_POLLS and not handle.paths.result_pickle.exists():
+                    watch.returns[index] = self._gone(watch.jobs[index], watch.handles.pop(index), watch)
+                    changed = True
+                continue
+            watch.misses[index] = 0
+            if entry.state == "RUNNING":
+                watch.running_since.setdefault(index, time.monotonic())
+            if watch.limits is None and entry.reason in self.never_starting_reasons:
+                watch.limits = slurm_queue.node_limits(self.params.get("partition"))
+            advice = slurm_queue.never_starting_advice(
+                entry, self.params, watch.limits or {}, self.never_starting_reasons
+            )
+            if advice is not None:
+                self._give_up(watch, advice)
+                return True
+        return changed
+
+    def _give_up(self, watch: SweepWatch, advice: str) -> None:
+        """A job can never start: cancel every waiting job of the sweep (they share its sbatch options)."""
+        log.error(advice)
+        slurm_queue.scancel(str(h.job_id) for h in watch.handles.values())
+        for index in list(watch.handles):
+            watch.handles.pop(index)
+            job = watch.jobs[index]
+            job.status, job.error = FAILED, f"not started; {advice}"
+            watch.returns[index] = JobReturn(
+                overrides=job.overrides, status=JobStatus.FAILED, _return_value=RuntimeError(advice)
+            )
+
+    def _gone(self, job: JobRecord, handle: Any, watch: SweepWatch) -> JobReturn:
+        """A job that left SLURM's queue without writing its result: scancel'ed, or lost with its node."""
+        cancelled = slurm_queue.was_cancelled(Path(handle.paths.stderr))
+        job.status = CANCELLED if cancelled else LOST
+        how = "was cancelled (scancel)" if cancelled else "left the queue without a result (node lost?)"
+        job.error = f"SLURM job {handle.job_id} {how}; see {handle.paths.stderr}"
+        self._fill_end(job, handle, watch, returncode=None)
+        log.error(f"#{job.num} {job.status}: {job.error}")
+        return JobReturn(
+            overrides=job.overrides, status=JobStatus.FAILED, _return_value=RuntimeError(job.error)
+        )
+
+    def _detach(self, watch: SweepWatch, sweep_dir: Path) -> None:
+        """Ctrl-C in the head process: the SLURM jobs go on by themselves; say so in the summary and the log."""
+        ids = [str(h.job_id) for h in watch.handles.values()]
+        for index, handle in watch.handles.items():
+            job = watch.jobs[index]
+            job.status = INTERRUPTED
+            job.error = (
+                f"the sweep's head process was interrupted; SLURM job {handle.job_id} was left as it was "
+                f"(squeue -j {handle.job_id}; scancel {handle.job_id} to stop it)"
+            )
+        write_summary(sweep_dir, self._EXECUTOR, self.jobs)
+        log.warning(
+            f"Interrupted: stopped watching {len(ids)} SLURM job(s) {' '.join(ids)}, which go on running "
+            f"(scancel {' '.join(slurm_queue.array_ids(ids))} stops them); summary: {sweep_dir}"
+        )
+
+    def _fill_end(self, job: JobRecord, handle: Any, watch: SweepWatch, returncode: int | None) -> None:
+        """`returncode` and `seconds` of an ended job: sacct's where accounting exists, else what the head saw
+        (seconds from when squeue first showed it running, or from submission)."""
+        record = slurm_queue.sacct([str(handle.job_id)]).get(str(handle.job_id)) if self._accounting else None
+        index = watch.jobs.index(job)
+        started = watch.running_since.get(index, watch.submitted_at)
+        job.seconds = round(time.monotonic() - started, 1)
+        job.returncode = returncode
+        if record is not None:
+            job.returncode = record.returncode if record.returncode is not None else returncode
+            job.seconds = record.seconds if record.seconds is not None else job.seconds
+
+    def _collect(self, job: JobRecord, handle: Any, watch: SweepWatch) -> JobReturn:
         """One ended job; a crash of the SLURM job itself becomes a failed JobReturn, not an abort."""
         try:
             ret: JobReturn = handle.results()[0]
         except Exception as err:  # killed, timed out, node failure: the other jobs still get collected
-            job.status, job.error = FAILED, f"{type(err).__name__}: {err}"
+            cancelled = "CANCELLED" in str(err)
+            job.status, job.error = (CANCELLED if cancelled else FAILED), f"{type(err).__name__}: {err}"
+            self._fill_end(job, handle, watch, returncode=None)
             return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=err)
         if ret.hydra_cfg is not None:
             job.output_dir = str(ret.hydra_cfg.hydra.runtime.output_dir)
         job.status = COMPLETED if ret.status == JobStatus.COMPLETED else FAILED
         if job.status == FAILED:
             job.error = f"{type(ret._return_value).__name__}: {ret._return_value}"
+        self._fill_end(job, handle, watch, returncode=0 if job.status == COMPLETED else 1)
         return ret
 
 
