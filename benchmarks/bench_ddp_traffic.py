@@ -26,6 +26,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from dgggan_pl.launch.commands import clean_env
 from dgggan_pl.strategies import StepSyncDDPStrategy
+from record import write_result
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_ENV = "DGGGAN_TRAFFIC_OUT"
@@ -160,6 +161,24 @@ def main() -> None:
             f"{name}: ranks counted the same: {result['ranks_agree']}; "
             f"rank-identical final weights: {result['identical_weights']}"
         )
+    write_result(
+        "ddp_traffic",
+        {
+            "iterations": args.iterations,
+            "elements_per_backward": {
+                f"{kind}_step": {"before": b[kind], "after": a[kind], "after_per_before": a[kind] / b[kind]}
+                for kind in STEP_KINDS
+            },
+            "whole_run": {"before": total_b, "after": total_a, "after_per_before": total_a / total_b},
+            **{
+                name: {"ranks_agree": r["ranks_agree"], "identical_weights": r["identical_weights"]}
+                for name, r in (("before", before), ("after", after))
+            },
+        },
+        title="DDP traffic: elements all-reduced per backward",
+        notes="2 gloo processes, experiment=full debug=smoke; before = ddp_find_unused_parameters_true, after = "
+        "our ddp_step_sync (docs/sweeps.md, docs/design.md#ddp-strategy).",
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import nn
 
 from dgggan_pl.complexity import build_generator_from_config, count_gflops, count_parameters
 from dgggan_pl.models.baselines import RRDBNet
+from record import write_result
 
 REFERENCE = "RRDBNet"
 GOALS = {"dgggan": 1.0, "dgggan_lite": 0.3}  # issue 2: time ratio to RRDBNet
@@ -81,6 +82,7 @@ def main() -> None:
     print()
     print(f"| model | params | GFLOPs | median s | min s | time / {REFERENCE} | goal |")
     print("|---|---|---|---|---|---|---|")
+    figures = {}
     for name, model in models.items():
         ratio = medians[name] / medians[REFERENCE]
         goal = GOALS.get(name)
@@ -90,6 +92,20 @@ def main() -> None:
             f"| {name} | {count_parameters(model):,} | {gflops:.1f} | {medians[name]:.3f} | "
             f"{min(times[name]):.3f} | {ratio:.3f}x | {verdict} |"
         )
+        figures[name] = {
+            "median_seconds": medians[name],
+            "min_seconds": min(times[name]),
+            "per_reference": ratio,
+        }
+        figures[name] |= {"goal_per_reference": goal, "goal_met": ratio <= goal} if goal is not None else {}
+    layout = "channels_last" if args.channels_last else "contiguous"
+    write_result(
+        f"inference_{layout}",
+        {"input_size": args.size, "rounds": args.rounds, "models": figures},
+        title=f"CPU inference time vs {REFERENCE} ({layout})",
+        notes=f"Whole-image forward of random-weight models, median of round-robin rounds; per_reference = time / "
+        f"{REFERENCE}'s (docs/models.md#inference-time).",
+    )
 
 
 if __name__ == "__main__":

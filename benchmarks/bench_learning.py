@@ -3,6 +3,7 @@ generated LR, validating Set5 and Set14 every `--val-every` iterations, for the 
 (`global_skip: none`) and the bicubic-skip extension (`global_skip: bicubic`), next to MATLAB bicubic.
 
 Usage: python benchmarks/bench_learning.py [--iterations 4000] [--val-every 500] [--plot docs/images/learning_curve.png]
+Writes benchmarks/results/learning_curve.json (the curves, bicubic and each variant's best and final point).
 Needs `<data-dir>/sr-benchmarks/{BSD100,Urban100,Set5,Set14}` (DGGGAN_DATA_DIR, default ../shared/data).
 
 The two variants train side by side, each in its own process with half of the CPU threads, so that both see
@@ -22,6 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import write_result
+
+LEARNING_NOTES = (
+    "Y-PSNR (crop 4) on Set5 and Set14, never trained on; `global_skip` none = the paper's configuration, bicubic = "
+    "the extension. `best` = the validation point with the highest mean PSNR over the sets. Table and plot: "
+    "docs/training.md#learning-curve."
+)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VARIANTS = ("none", "bicubic")
 SETS = ("Set5", "Set14")
@@ -91,6 +99,24 @@ def bicubic_scores(data_dir: Path) -> dict[str, float]:
     return scores
 
 
+def summary(results: list[dict], bicubic: dict[str, float]) -> dict[str, dict]:
+    """Each variant's best validation point (highest mean PSNR over SETS) and final point, in dB and vs bicubic."""
+
+    def point(p: dict) -> dict[str, float]:
+        values = {s: p[f"val/{s}/psnr"] for s in SETS}
+        gains = {f"{s}_vs_bicubic": p[f"val/{s}/psnr"] - bicubic[s] for s in SETS}
+        return {"iteration": p["iteration"], **values, **gains}
+
+    return {
+        r["variant"]: {
+            "best": point(max(r["curve"], key=lambda p: sum(p[f"val/{s}/psnr"] for s in SETS))),
+            "final": point(r["curve"][-1]),
+            "wall_minutes": round(r["wall_seconds"] / 60, 1),
+        }
+        for r in results
+    }
+
+
 def table(results: list[dict], bicubic: dict[str, float]) -> str:
     """Markdown: one row per validation point, PSNR (Y, crop 4) of each variant minus bicubic."""
     header = "| iteration | train min | " + " | ".join(f"{r['variant']} {s}" for r in results for s in SETS)
@@ -147,7 +173,6 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads per variant (default: cores / variants)"
     )
     parser.add_argument("--plot", type=Path, default=None, help="write the curves as a PNG")
-    parser.add_argument("--results", type=Path, default=None, help="also keep the raw curves as JSON")
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("DGGGAN_DATA_DIR", DEFAULT_DATA))
     )
@@ -183,10 +208,15 @@ def main() -> None:
     for result in results:
         print(f"  {result['variant']}: {result['wall_seconds'] / 60:.1f} min wall (training + validation)")
     print(table(results, bicubic))
-    if args.results:
-        args.results.write_text(
-            json.dumps({"setting": setting, "bicubic": bicubic, "results": results}) + "\n"
-        )
+    figures = {
+        "setting": setting,
+        "bicubic": bicubic,
+        "summary": summary(results, bicubic),
+        "curves": results,
+    }
+    write_result(
+        "learning_curve", figures, title="Learning curve (PSNR stage, dgggan_lite, CPU)", notes=LEARNING_NOTES
+    )
     if args.plot:
         plot(results, bicubic, args.plot, setting)
         print(f"wrote {args.plot}")

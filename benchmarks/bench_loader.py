@@ -23,6 +23,7 @@ from dgggan_pl.data.datasets import FolderPairs, TrainPatchDataset
 from dgggan_pl.data.packed import PackedPairs, pack_folder
 from dgggan_pl.data.seeded_samplers import EpochSeededSampler
 from dgggan_pl.prepare import HR_SUBDIR, LR_SUBDIR, prepare
+from record import write_result
 
 SCALE = 4
 HR_PATCH = 192  # docs/design.md#optimisation
@@ -92,6 +93,20 @@ def main() -> None:
             f"packed / png: {results['packed'][0] / results['png'][0]:.1f}x in-process, "
             f"{results['packed'][1] / results['png'][1]:.1f}x 1-worker loader"
         )
+    figures = {
+        label: {"in_process_samples_per_s": rates[0], "one_worker_samples_per_s": rates[1]}
+        for label, rates in results.items()
+    }
+    figures["packed_per_png"] = {
+        "in_process": results["packed"][0] / results["png"][0],
+        "one_worker": results["packed"][1] / results["png"][1],
+    }
+    write_result(
+        "loader",
+        {"sub_images": total, "images": args.images, "samples": args.samples, **figures},
+        title="Training loader throughput: PNG vs packed sub-images",
+        notes=f"Sub-images of Urban100 HR, HR crop {HR_PATCH}, batch {BATCH}, torch threads 1 (docs/data.md).",
+    )
 
 
 if __name__ == "__main__":

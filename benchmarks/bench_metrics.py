@@ -22,6 +22,7 @@ from dgggan_pl.metrics.fidelity import psnr_y, quantize_8bit, ssim_y
 from dgggan_pl.metrics.niqe import LIVE_MODEL_SHA256, NIQE, load_pristine_model, niqe_input
 from dgggan_pl.metrics.perceptual import build_lpips, lpips_distance
 from dgggan_pl.metrics.suite import BenchmarkMetrics
+from record import write_result
 
 NIQE_GOAL_S = 0.5  # issue 4
 WHOLE = "whole set (psnr+ssim+lpips+niqe)"
@@ -88,6 +89,18 @@ def main() -> None:
     niqe = statistics.median(times["niqe (pirm)"])
     verdict = "meets" if niqe < NIQE_GOAL_S else "misses"
     print(f"NIQE {niqe:.3f} s/image {verdict} the goal of < {NIQE_GOAL_S} s")
+    write_result(
+        "metrics_speed",
+        {
+            "size": args.size,
+            "rounds": args.rounds,
+            "seconds_per_image": {name: statistics.median(values) for name, values in times.items()},
+            "niqe_goal_seconds": NIQE_GOAL_S,
+            "niqe_goal_met": niqe < NIQE_GOAL_S,
+        },
+        title="Metric speed on the CPU",
+        notes="Median seconds per image of each metric and of the whole validation set (docs/metrics.md#speed).",
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from torch.utils.data import DataLoader
 from dgggan_pl.config import compose_config
 from dgggan_pl.module import DGGGANModule
 from dgggan_pl.train import build_module, derive_max_steps
+from record import write_result
+
+OVERHEAD_GOAL_PERCENT = 3.0  # Lightning may cost at most this much per iteration over a plain loop
 
 
 class StepClock(Callback):
@@ -115,6 +118,7 @@ def main() -> None:
     )
     batches = make_batches(args.iterations, args.batch, args.hr_patch, cfg.scale)
     timings: dict[str, list[float]] = {"lightning": [], "plain": []}
+    identical: list[bool] = []
     for repeat in range(args.repeats):
         for name, run in (("lightning", lightning_run), ("plain", plain_run)):
             times, module = run(cfg, batches)
@@ -127,11 +131,25 @@ def main() -> None:
                 reference = {k: v.clone() for k, v in module.state_dict().items()}
             else:
                 same = all(torch.equal(reference[k], v) for k, v in module.state_dict().items())
+                identical.append(same)
                 print(f"repeat {repeat}: final weights identical to the Lightning run: {same}", flush=True)
     lightning, plain = (statistics.median(timings[k]) for k in ("lightning", "plain"))
     print(
         f"dgggan_lite batch {args.batch}, HR {args.hr_patch}, CPU x{torch.get_num_threads()} threads: "
         f"Lightning {lightning:.3f} s/it, plain {plain:.3f} s/it, overhead {100 * (lightning / plain - 1):+.1f}% (goal <= 3%)"
+    )
+    write_result(
+        "module_overhead",
+        {
+            "lightning_seconds_per_iteration": lightning,
+            "plain_loop_seconds_per_iteration": plain,
+            "overhead_percent": 100 * (lightning / plain - 1),
+            "goal_percent": OVERHEAD_GOAL_PERCENT,
+            "weights_bit_identical": all(identical),
+        },
+        title="Lightning overhead per iteration",
+        notes=f"dgggan_lite, batch {args.batch}, HR {args.hr_patch}, experiment=full's updates, {args.repeats} "
+        f"alternating repeats of {args.iterations - args.warmup} timed iterations; medians.",
     )
 
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import write_result
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE = Path("DIV2K-sample/LR_bicubic/X4/0853x4.png")
 RSS_GOAL_BYTES = 2 * 1024**3
@@ -162,6 +164,7 @@ def main() -> None:
         return
     threads = args.threads or "torch default"
     print(f"image {image_path()}; torch threads per run: {threads}; {os.cpu_count()} CPUs; random weights")
+    figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for model in args.models:
             tiles = args.tiles if args.skip_untiled else [*args.tiles, 0]
@@ -169,6 +172,22 @@ def main() -> None:
             outputs = {key: Path(scratch) / f"{model}-{key[0]}-{key[1]}.pt" for key in keys}
             runs = {key: measure(model, *key[:1], args.threads, outputs[key], key[1]) for key in keys}
             report(model, runs, outputs)
+            figures[model] = {
+                f"{'tiled_' + str(tile) if tile else 'untiled'}_{memory_format}": {
+                    "wall_seconds": r["wall_s"],
+                    "cpu_seconds": r["cpu_s"],
+                    "peak_rss_gib": r["peak_rss"] / 1024**3,
+                    "model_loaded_rss_gib": r["rss_before"] / 1024**3,
+                }
+                for (tile, memory_format), r in runs.items()
+            }
+    write_result(
+        "upscale",
+        {"image": image_path().name, "threads": args.threads, "models": figures},
+        title="Tiled upscaling: time and peak RSS",
+        notes=f"One subprocess per run, random weights; goals: peak RSS < 2 GiB tiled, tiling overhead < "
+        f"{OVERHEAD_GOAL:.0%} of the untiled CPU time (docs/inference.md#benchmark).",
+    )
 
 
 if __name__ == "__main__":

@@ -15,27 +15,25 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor
 
+from dgggan_pl import DGGGANGenerator, read_image, save_image
 from dgggan_pl.data.imresize import imresize
-from dgggan_pl.data.io import read_image, save_image, to_float
-from dgggan_pl.tiling import upscale_tiled
+from dgggan_pl.data.io import to_float
 from dgggan_pl.utils.labelled_grid import labelled_grid
-from dgggan_pl.weights import load_generator
 
 GAP = 8  # white pixels between panels
 LABEL_HEIGHT = 16  # pixels above each panel for its caption
-TILE = 128  # LR pixels per tile (upscale's default)
 
 
 def panels(
     weights: Path, lr_path: Path, hr_path: Path | None, box: tuple[int, int, int]
 ) -> list[tuple[str, Tensor]]:
     """Crops of the LR box (x, y, size) for each panel at the HR scale: `(3, 4 size, 4 size)` in [0, 1]."""
-    generator, _ = load_generator(weights)
+    generator = DGGGANGenerator.from_pretrained(weights).enable_tiling()  # upscale's default tile
     scale = generator.scale
     lr = to_float(read_image(lr_path))
     x, y, size = box
     crop = (slice(None), slice(scale * y, scale * (y + size)), slice(scale * x, scale * (x + size)))
-    sr = upscale_tiled(generator, lr.unsqueeze(0), TILE)[0].clamp(0, 1)
+    sr = generator.upscale(lr).clamp(0, 1)
     result = [
         ("LR (nearest)", F.interpolate(lr.unsqueeze(0), scale_factor=scale, mode="nearest")[0][crop]),
         ("bicubic", imresize(lr, scale=scale).clamp(0, 1)[crop]),

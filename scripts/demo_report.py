@@ -1,7 +1,8 @@
 """After `experiment=demo`: upscale a held-out sample image and write a Markdown metrics table.
 
 Usage: python scripts/demo_report.py <demo folder>   (the run lives in <demo folder>/run; see `make demo`)
-Writes <demo folder>/chelsea_lr.png, chelsea_bicubic_x4.png, chelsea_x4.png and metrics.md.
+Writes <demo folder>/chelsea_lr.png, chelsea_hr.png, chelsea_bicubic_x4.png, chelsea_x4.png, metrics.md and
+metrics.json (the same values, read by benchmarks/bench_demo.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,25 @@ def metrics_table(run_metrics: dict[str, float], bicubic: dict, unavailable: dic
 METRICS = ["psnr", "ssim", "lpips", "niqe", "pi"]
 
 
+def metrics_record(info: dict, bicubic: dict, unavailable: dict[str, str]) -> dict:
+    """Per set: the demo model's and bicubic's metrics and their difference; the run's start and finish."""
+    sets = {}
+    for set_name, values in bicubic.items():
+        model = {k.split("/")[-1]: v for k, v in info["metrics"].items() if k.startswith(f"test/{set_name}/")}
+        common = [m for m in METRICS if m in model and m in values]
+        sets[set_name] = {
+            "demo": {m: float(model[m]) for m in common},
+            "bicubic": {m: float(values[m]) for m in common},
+            "gain": {m: float(model[m] - values[m]) for m in common},
+        }
+    return {
+        "sets": sets,
+        "unavailable": unavailable,
+        "started": info["started"],
+        "finished": info["finished"],
+    }
+
+
 def main(demo_dir: Path) -> None:
     run_dir = demo_dir / "run"
     cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
@@ -63,6 +83,7 @@ def main(demo_dir: Path) -> None:
     hr = mod_crop(load_sample_image(IMAGE), cfg.scale)
     lr_path, sr_path = demo_dir / f"{IMAGE}_lr.png", demo_dir / f"{IMAGE}_x4.png"
     save_image(imresize(hr, scale=1 / cfg.scale), lr_path)
+    save_image(hr, demo_dir / f"{IMAGE}_hr.png")  # the ground truth of the README's before/after panel
     save_image(
         imresize(to_float(imresize(hr, scale=1 / cfg.scale)), scale=cfg.scale).clamp(0, 1),
         demo_dir / f"{IMAGE}_bicubic_x4.png",
@@ -80,7 +101,11 @@ def main(demo_dir: Path) -> None:
     subprocess.run([*upscale, "--overwrite"], check=True)
 
     unavailable = dict(instantiate(cfg.metrics.benchmark)().unavailable)
-    table = metrics_table(info["metrics"], bicubic_metrics(cfg, cfg.scale), unavailable)
+    bicubic = bicubic_metrics(cfg, cfg.scale)
+    table = metrics_table(info["metrics"], bicubic, unavailable)
+    write_text_atomic(
+        demo_dir / "metrics.json", json.dumps(metrics_record(info, bicubic, unavailable), indent=1)
+    )
     write_text_atomic(demo_dir / "metrics.md", f"# DGGGAN demo ({cfg.iterations} iterations, CPU)\n\n{table}")
     print(table)
     print(f"Upscaled image: {sr_path} (input {lr_path}, bicubic {demo_dir / f'{IMAGE}_bicubic_x4.png'})")
