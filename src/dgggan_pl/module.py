@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
@@ -149,8 +150,7 @@ class DGGGANModule(LightningModule):
         """toggle -> loss -> (skip if non-finite on any rank) -> manual_backward -> step -> untoggle."""
         self.toggle_optimizer(optimizer)
         loss, stats = objective()
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if finite:
+        if self._finite_on_every_rank(loss):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
@@ -160,9 +160,21 @@ class DGGGANModule(LightningModule):
         self.untoggle_optimizer(optimizer)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, prog_bar=False)
 
+    def _finite_on_every_rank(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank: the one host synchronisation of an optimizer step.
+
+        The finite flag stays a device tensor through the all-reduce (MIN over ranks), and is read once, because
+        whether to step is a host decision. Lightning's `reduce_boolean_decision` reads it twice, and its
+        `strategy.reduce` adds a barrier (on NCCL, one more synchronisation).
+        """
+        finite = torch.isfinite(loss.detach()).float()
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite)
+
     def _on_nonfinite(self, name: str, stats: Mapping[str, Tensor]) -> None:
         self._consecutive_nonfinite += 1
-        self.log(f"train/nonfinite_{name}", 1.0)
+        self.log(f"train/nonfinite_{name}", torch.ones(()))
         limit = self.hparams["optim"]["max_consecutive_nonfinite"]
         bad = {k: float(v) for k, v in stats.items() if not torch.isfinite(v)}
         log.warning("iteration %d: non-finite %s loss %s, step skipped", self.iteration, name, bad)
@@ -189,8 +201,10 @@ class DGGGANModule(LightningModule):
                 if scheduler is not None:
                     scheduler.step()
         self.iteration += 1
-        self.log("train/lr_g", self.optimizers_list()[0].param_groups[0]["lr"])
-        self.log("train/iteration", float(self.iteration), prog_bar=True)
+        # Host values are logged as CPU tensors: a Python number would become a device tensor, and its copy
+        # to the GPU waits for every kernel queued so far (a host synchronisation per iteration).
+        self.log("train/lr_g", torch.tensor(self.optimizers_list()[0].param_groups[0]["lr"]))
+        self.log("train/iteration", torch.tensor(float(self.iteration)), prog_bar=True)
 
     def optimizers_list(self) -> list[Any]:
         optimizers = self.optimizers()

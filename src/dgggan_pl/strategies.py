@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.overrides.distributed import _sync_module_states
@@ -63,14 +64,18 @@ class StepSyncDDPStrategy(DDPStrategy):
         return super().optimizer_step(optimizer, closure, model, **kwargs)
 
     def reduce_gradients(self, optimizer: Optimizer) -> None:
-        """Average over ranks the gradients of `optimizer`'s parameters (those that have one), bucket by bucket.
+        """Average over ranks the gradients of `optimizer`'s trainable parameters, bucket by bucket.
 
-        Every rank runs the same objective, so every rank has gradients for the same parameters.
+        The layout is the same on every rank by construction: every parameter of the optimizer that requires
+        a gradient takes part, in the optimizer's order, and one without a gradient on this rank (a term that
+        did not run here) contributes zeros, as under DistributedDataParallel. Leaving it out instead would
+        make the buckets differ between ranks: a hang on NCCL, or gradients added onto the wrong parameters.
+        Unlike DistributedDataParallel, a parameter that no rank used also gets a zero gradient (so Adam
+        still moves it by its momentum); the DGGGAN objective uses every parameter it optimizes at each step.
         """
         if not (dist.is_available() and dist.is_initialized()) or self.world_size == 1:
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        for bucket in _buckets(grads, self.bucket_bytes):
+        for bucket in _buckets(step_gradients(optimizer), self.bucket_bytes):
             self.all_reduce_bucket(bucket)
 
     def all_reduce_bucket(self, grads: list[Tensor]) -> None:
@@ -80,6 +85,19 @@ class StepSyncDDPStrategy(DDPStrategy):
         flat.div_(self.world_size)
         for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
             grad.copy_(reduced)
+
+
+def step_gradients(optimizer: Optimizer) -> list[Tensor]:
+    """The gradient of every parameter of `optimizer` that requires one, in order; a missing one is zero-filled."""
+    grads = []
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if not param.requires_grad:
+                continue
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            grads.append(param.grad)
+    return grads
 
 
 def _buckets(grads: list[Tensor], bucket_bytes: int) -> list[list[Tensor]]:
