@@ -93,3 +93,32 @@ def test_cli_prints_and_writes_the_table(tmp_path: Path, capsys: pytest.CaptureF
 def test_unknown_model_name_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown model names"):
         complexity_rows((8, 8), names=["esrgan"])
+
+
+def test_rrdbnet_row_is_spandrels_esrgan_at_64_filters_23_blocks() -> None:
+    """Table 5's ESRGAN row: our RRDBNet counts exactly as spandrel's ESRGAN (what released weights load as)."""
+    pytest.importorskip("spandrel", reason="the optional extra `peers` (installed by `make install`)")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    (row,) = complexity_rows((48, 48), names=["RRDBNet"])
+    with torch.device("meta"):
+        esrgan = ESRGAN(num_filters=64, num_blocks=23)
+    assert count_parameters(esrgan) == row.params == EXPECTED["RRDBNet"][0] == 16_697_987
+    assert count_gflops(esrgan, (48, 48)) == pytest.approx(row.gflops, rel=1e-12)
+
+
+def test_cli_counts_a_peer_from_its_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("spandrel", reason="the optional extra `peers` (installed by `make install`)")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    path = tmp_path / "tiny_esrgan.pth"
+    torch.save(ESRGAN(num_filters=8, num_blocks=1).state_dict(), path)
+    main(["--lr-size", "8", "8", "--models", f"spandrel:TinyESRGAN={path}", "RRDBNet"])
+    lines = capsys.readouterr().out.splitlines()
+    tiny = next(line for line in lines if line.startswith("| TinyESRGAN |"))
+    with torch.device("meta"):
+        params = count_parameters(ESRGAN(num_filters=8, num_blocks=1))
+    assert tiny.startswith(f"| TinyESRGAN | {params:,} |")
+    with pytest.raises(SystemExit) as error:
+        main(["--models", f"spandrel:Missing={tmp_path / 'missing.pth'}"])
+    assert error.value.code == 2 and "missing.pth: weights file not found" in capsys.readouterr().err

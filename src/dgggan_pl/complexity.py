@@ -5,6 +5,9 @@ FLOPs are 2 x MACs of convolutions and matmuls as counted by `torch.utils.flop_c
 leaves both columns unchanged; its bicubic upsampling would add 0.0035 GFLOPs at LR 48x48, 16 multiply-adds
 per output value). Models are built on the `meta` device, so counting a 24.8M-parameter model at any LR
 size takes well under a second and no memory. The DGGGAN rows are built from the real Hydra configs; the baselines are the reference re-implementations.
+A peer model is counted from its released weights: `--models spandrel:<Label>=<weights file>` (read by spandrel,
+`dgggan_pl.peers`, then moved to `meta` for the count), e.g. ESRGAN's RRDB_ESRGAN_x4.pth, whose 16,697,987
+parameters and FLOPs are those of our RRDBNet row (a test checks it).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dgggan_pl.config import compose_config
+from dgggan_pl.methods import PEER_PREFIX, parse_peer_entry
 from dgggan_pl.models.baselines import RRDBNet, SPSRGenerator
 from dgggan_pl.utils.atomic import write_text_atomic
+from dgggan_pl.weights import WeightsError
 
 DEFAULT_LR_SIZE = (48, 48)  # the LR training patch (HR 192), as conf/train.yaml's hr_patch_size / scale
 REFERENCE_NAMES = ("RRDBNet", "SPSR")
@@ -82,18 +87,33 @@ def _model_builders() -> dict[str, Callable[[], nn.Module]]:
     return builders
 
 
+def peer_network(entry: str) -> tuple[str, nn.Module]:
+    """`spandrel:<Label>=<file>` -> (label, the peer's network on `meta`): read on the CPU, counted without data."""
+    from dgggan_pl.peers import load_peer
+
+    label, path = parse_peer_entry(entry)
+    generator, _ = load_peer(path)
+    return label, generator.model.to("meta")
+
+
 def complexity_rows(
     lr_size: Sequence[int] = DEFAULT_LR_SIZE, names: Sequence[str] | None = None
 ) -> list[ComplexityRow]:
-    """Params and GFLOPs of the DGGGAN variants and the baselines (all by default), built on `meta`."""
+    """Params and GFLOPs of the DGGGAN variants and the baselines (all by default), built on `meta`; a
+    `spandrel:<Label>=<file>` name adds a peer model's row from its weights file."""
     builders = _model_builders()
-    unknown = sorted(set(names or ()) - builders.keys())
+    unknown = sorted(n for n in set(names or ()) - builders.keys() if not n.startswith(PEER_PREFIX))
     if unknown:
-        raise ValueError(f"unknown model names {unknown}; choose from {sorted(builders)}")
+        raise ValueError(
+            f"unknown model names {unknown}; choose from {sorted(builders)} or spandrel:<Label>=<weights file>"
+        )
     rows = []
     for name in names or builders:
-        with torch.device("meta"):
-            model = builders[name]()
+        if name.startswith(PEER_PREFIX):
+            name, model = peer_network(name)
+        else:
+            with torch.device("meta"):
+                model = builders[name]()
         rows.append(ComplexityRow(name, count_parameters(model), count_gflops(model, lr_size)))
     return rows
 
@@ -142,14 +162,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar=("H", "W"),
         help="LR input size",
     )
-    parser.add_argument("--models", nargs="+", default=None, help="subset of model names (default: all)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="subset of model names (default: all), and/or spandrel:<Label>=<weights file> for a peer model "
+        "(extra `peers`)",
+    )
     parser.add_argument(
         "--output", type=Path, default=None, help="also write the Markdown table to this file"
     )
     args = parser.parse_args(argv)
     if min(args.lr_size) < 1:
         parser.error(f"--lr-size must be positive, got {args.lr_size}")
-    table = format_table(complexity_rows(args.lr_size, args.models), args.lr_size)
+    try:
+        rows = complexity_rows(args.lr_size, args.models)
+    except (ValueError, WeightsError) as error:  # unknown name, bad spandrel entry or peer file: one line
+        parser.error(str(error))
+    table = format_table(rows, args.lr_size)
     print(table, end="")
     if args.output is not None:
         write_text_atomic(args.output, table)

@@ -1,7 +1,9 @@
 """The rows of the evaluation tables, figures and comparison page: one `Method` per entry of `models`.
 
 An entry is `bicubic` (MATLAB bicubic of the LR input), a generator file (`.ckpt` / `.safetensors`, read with
-`dgggan_pl.weights.load_generator`) or `results:<Label>=<folder>`: another method's published SR images,
+`dgggan_pl.weights.load_generator`), `spandrel:<Label>=<weights file>`: a peer model (ESRGAN, RCAN, SwinIR, ...)
+built from its released weights by spandrel (`dgggan_pl.peers`; a bare `.pth` path is read the same way), or
+`results:<Label>=<folder>`: another method's published SR images,
 laid out `<folder>/<Set>/<name>.png` and matched by name to the benchmark HR (common suffixes such as `_x4`
 or `_SR` are stripped). A results folder is checked completely before anything is scored: a missing image,
 a size other than the HR's or a file that matches no HR image is an error naming the file, so a method is
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from PIL import Image
@@ -22,9 +25,11 @@ from dgggan_pl.data.datasets import BenchmarkDataset
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.io import IMAGE_EXTENSIONS, read_image, to_float
 from dgggan_pl.metrics.fidelity import PIXEL_MAX, matlab_round
+from dgggan_pl.models.contract import SRGenerator
 
 BICUBIC = "bicubic"
 RESULTS_PREFIX = "results:"
+PEER_PREFIX = "spandrel:"
 CKPT_STATE_KEY = "dgggan"  # DGGGANModule's own checkpoint entry (iteration counter)
 Upscaler = Callable[[Tensor], Tensor]  # (1, 3, h, w) in [0, 1] -> (1, 3, s*h, s*w) in [0, 1]
 
@@ -86,6 +91,16 @@ def checkpoint_source(path: Path, use_ema: bool | None) -> str:
     return ", ".join(parts)
 
 
+def generator_upscaler(generator: SRGenerator, device: torch.device) -> Upscaler:
+    """`generator(lr).sr` on `device`, clamped and left unrounded: the metrics round it (one protocol for all)."""
+
+    @torch.no_grad()
+    def upscale(lr: Tensor) -> Tensor:
+        return generator(lr.to(device)).sr.clamp(0, 1)
+
+    return upscale
+
+
 def generator_method(label: str, path: str, use_ema: bool | None, device: torch.device, scale: int) -> Method:
     """The generator stored at `path`, in eval mode on `device`."""
     from dgggan_pl.weights import load_generator
@@ -93,12 +108,17 @@ def generator_method(label: str, path: str, use_ema: bool | None, device: torch.
     generator, _ = load_generator(path, use_ema=use_ema, map_location=device)
     if generator.scale != scale:
         raise MethodError(f"{path}: generator scale is x{generator.scale} but the config has scale={scale}")
+    upscale = generator_upscaler(generator, device)
+    module = cast(torch.nn.Module, generator)  # load_generator only returns nn.Modules
+    return Method(label, checkpoint_source(Path(path), use_ema), upscale=upscale, generator=module)
 
-    @torch.no_grad()
-    def upscale(lr: Tensor) -> Tensor:
-        return generator(lr.to(device)).sr.clamp(0, 1)
 
-    return Method(label, checkpoint_source(Path(path), use_ema), upscale=upscale, generator=generator)
+def peer_method(label: str, path: Path, device: torch.device, scale: int) -> Method:
+    """A peer model built by spandrel from its weights file, run whole-image like our generator's rows."""
+    from dgggan_pl.peers import load_peer
+
+    generator, _ = load_peer(path, scale=scale, map_location=device)
+    return Method(label, generator.source, upscale=generator_upscaler(generator, device))
 
 
 def benchmark_name(file: Path, suffixes: Sequence[str]) -> str:
@@ -161,15 +181,24 @@ def _sample(names: Mapping[str, object], count: int = 3) -> str:
     return ", ".join(shown) + (", ..." if len(names) > count else "")
 
 
+def _parse_labelled_entry(entry: str, prefix: str, what: str, example: str) -> tuple[str, Path]:
+    label, sep, target = entry[len(prefix) :].partition("=")
+    if not sep or not label or not target:
+        raise MethodError(
+            f"models: {entry!r} must read {prefix}<Label>=<{what}> (quote it in a Hydra list: "
+            f"'models=[bicubic,\"{prefix}{example}\"]')"
+        )
+    return label, Path(target).expanduser()
+
+
 def parse_results_entry(entry: str) -> tuple[str, Path]:
     """`results:<Label>=<folder>` -> (label, folder)."""
-    label, sep, folder = entry[len(RESULTS_PREFIX) :].partition("=")
-    if not sep or not label or not folder:
-        raise MethodError(
-            f"models: {entry!r} must read results:<Label>=<folder> (quote it in a Hydra list: "
-            "'models=[bicubic,\"results:ESRGAN=path/to/ESRGAN\"]')"
-        )
-    return label, Path(folder).expanduser()
+    return _parse_labelled_entry(entry, RESULTS_PREFIX, "folder", "ESRGAN=path/to/ESRGAN")
+
+
+def parse_peer_entry(entry: str) -> tuple[str, Path]:
+    """`spandrel:<Label>=<weights file>` -> (label, file)."""
+    return _parse_labelled_entry(entry, PEER_PREFIX, "weights file", "ESRGAN=weights/RRDB_ESRGAN_x4.pth")
 
 
 def default_label(model: str) -> str:
@@ -177,6 +206,8 @@ def default_label(model: str) -> str:
         return "Bicubic"
     if model.startswith(RESULTS_PREFIX):
         return parse_results_entry(model)[0]
+    if model.startswith(PEER_PREFIX):
+        return parse_peer_entry(model)[0]
     path = Path(model)
     return f"{path.parent.parent.name}/{path.stem}" if path.parent.name == "checkpoints" else path.stem
 
@@ -192,9 +223,12 @@ def build_methods(
     result_suffixes: Sequence[str],
 ) -> list[Method]:
     """Every row of `models`, results folders checked against `datasets` first (all problems in one error)."""
+    from dgggan_pl.peers import is_peer_file
+
     if not models:
         raise MethodError(
-            "models: give at least one of `bicubic`, a checkpoint path or results:<Label>=<folder>"
+            "models: give at least one of `bicubic`, a checkpoint path, spandrel:<Label>=<weights file> or "
+            "results:<Label>=<folder>"
         )
     labels = list(labels) if labels is not None else [default_label(m) for m in models]
     if len(labels) != len(models) or len(set(labels)) != len(labels):
@@ -208,6 +242,9 @@ def build_methods(
             _, folder = parse_results_entry(model)
             folders[label], found = match_results(label, folder, datasets, result_suffixes)
             problems += found
+        elif model.startswith(PEER_PREFIX):
+            if not (file := parse_peer_entry(model)[1]).is_file():
+                problems.append(f"models: {model}: weights file {file} not found")
         elif model != BICUBIC and not Path(model).is_file():
             problems.append(f"models: checkpoint {model} not found")
     if problems:
@@ -220,6 +257,9 @@ def build_methods(
             methods.append(
                 Method(label, f"SR images in {parse_results_entry(model)[1]}", results=folders[label])
             )
+        elif model.startswith(PEER_PREFIX) or is_peer_file(model):
+            file = parse_peer_entry(model)[1] if model.startswith(PEER_PREFIX) else Path(model)
+            methods.append(peer_method(label, file, device, scale))
         else:
             methods.append(generator_method(label, model, use_ema, device, scale))
     return methods

@@ -38,6 +38,7 @@ from dgggan_pl.data.io import (
     to_float,
 )
 from dgggan_pl.models.generator import DGGGANGenerator
+from dgggan_pl.peers import PeerGenerator
 from dgggan_pl.tiling import estimate_memory, upscale_tiled
 from dgggan_pl.utils.atomic import remove_stale_temp_files, unwritable_reason
 from dgggan_pl.utils.exits import interruptible
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         type=Path,
         required=True,
-        help="generator weights: a training .ckpt or an exported .safetensors",
+        help="generator weights: a training .ckpt or an exported .safetensors; or a peer model's released "
+        ".pth/.safetensors (ESRGAN, RCAN, SwinIR, ... via spandrel, extra `peers`; run on the whole image)",
     )
     parser.add_argument(
         "--tile",
@@ -250,7 +252,10 @@ def memory_needed(
 ) -> MemoryNeed:
     """The LR maps, the uint8 output and Pillow's copy of it while the PNG is written, plus the tile working set
     where tiles run (`tiling.estimate_memory`)."""
-    estimate = estimate_memory(generator, height, width, tile, overlap)
+    if isinstance(generator, PeerGenerator):  # one whole-image forward, measured (dgggan_pl.peers)
+        estimate = generator.estimate_memory(height, width)
+    else:
+        estimate = estimate_memory(generator, height, width, tile, overlap)
     on_gpu = next(generator.parameters()).device.type == "cuda"
     tile_on_host = 0 if on_gpu else estimate.tile
     writing = estimate.output + estimate.output // generator.in_channels * PILLOW_BYTES_PER_PIXEL
@@ -271,7 +276,7 @@ def check_memory(
     size = f"{width}x{height} -> {generator.scale * width}x{generator.scale * height}"
     if limit is not None and need.host > limit:
         advice = "a smaller input (maps and output grow with its area)"
-        if need.tile_on_host > need.host / 4:
+        if need.tile_on_host > need.host / 4 and not isinstance(generator, PeerGenerator):
             smaller_tile = f"--tile {DEFAULT_TILE}" if tile == 0 else "a smaller --tile"
             advice = f"{smaller_tile}, --device cuda, or {advice}"
         raise InsufficientMemoryError(
@@ -281,9 +286,11 @@ def check_memory(
     if need.gpu:
         free = torch.cuda.mem_get_info(next(generator.parameters()).device)[0]
         if need.gpu > free:
+            peer = isinstance(generator, PeerGenerator)
+            what = "the whole-image forward needs" if peer else "one tile and one SE gate's map need"
             raise InsufficientMemoryError(
-                f"{size}: one tile and one SE gate's map need about {need.gpu / GIB:.2f} GiB of GPU memory but "
-                f"{free / GIB:.2f} GiB is free; use a smaller --tile, or --device cpu"
+                f"{size}: {what} about {need.gpu / GIB:.2f} GiB of GPU memory but {free / GIB:.2f} GiB is free; "
+                f"use {'a smaller input' if peer else 'a smaller --tile'}, or --device cpu"
             )
 
 
@@ -401,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = plan_jobs(args.input, args.output)
         check_inputs_kept(jobs)
         generator, _ = load_generator(args.weights, use_ema=args.ema, map_location=device)
+        if isinstance(generator, PeerGenerator):
+            print(
+                f"note: {generator.source}: peer models run on the whole image (--tile ignored)",
+                file=sys.stderr,
+            )
+            args.tile = 0
         if args.channels_last:
             generator = generator.to(memory_format=torch.channels_last)
         prepare_outputs(args.input, jobs)
