@@ -54,7 +54,7 @@ from dgggan_pl.runs import (
 from dgggan_pl.utils.atomic import write_text_atomic
 from dgggan_pl.utils.exits import exit_on_signals, report_interruption
 from dgggan_pl.utils.noise import silence_dependency_noise
-from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config
+from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config, random_gan_start
 from dgggan_pl.weights import load_generator, load_state_dict_strict
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,13 @@ def _announce(output_dir: Path, status: str) -> None:
     print(f"run folder ({status}): {output_dir.resolve()}", flush=True)
 
 
+def warn_random_gan_start(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """One warning, from rank 0, when the GAN would train a random generator (`validation.random_gan_start`)."""
+    message = random_gan_start(cfg, ckpt_path)
+    if message is not None and _global_rank() == 0:
+        log.warning(message)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) one configuration; returns the final `val/...` and `test/<Set>/<metric>` metrics.
 
@@ -301,6 +308,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             lock.release()
         discard_refused_configs(output_dir)
         raise
+    warn_random_gan_start(cfg, ckpt_path)
     try:
         return _train_in_run_dir(cfg, output_dir, ckpt_path)
     finally:

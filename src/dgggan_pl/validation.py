@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.metrics.registry import unknown_metrics_message
+from dgggan_pl.objective import critic_inputs
 
 # Keys that must be > 0, with what a sensible value is.
 POSITIVE: Mapping[str, str] = {
@@ -97,3 +100,35 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
     unknown = unknown_metrics_message(list(metrics)) if metrics is not None else None
     if unknown:
         raise ConfigError(unknown)
+
+
+INIT_FROM_KEY = "model.init_from"
+RANDOM_GAN_START = (
+    f"the GAN phase starts at iteration 0 from a randomly initialised generator ({INIT_FROM_KEY} is not set); "
+    "the paper starts it from a PSNR-trained one: train it with experiment=pretrain, then pass "
+    f"{INIT_FROM_KEY}=<pretrain run>/checkpoints/last.ckpt (or {INIT_FROM_KEY}=null on the command line to "
+    "start from random weights on purpose and silence this warning)"
+)
+
+
+def explicitly_null(key: str, overrides: Sequence[str]) -> bool:
+    """Whether the command-line overrides set `key` to null (`key=null`, `+key=null`, `++key=null`).
+
+    The config's own default is null too, so only the typed override tells a deliberate choice apart.
+    """
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return any(o.key_or_group == key and not o.is_delete() and o.value() is None for o in parsed)
+
+
+def random_gan_start(
+    cfg: DictConfig, ckpt_path: str | None, overrides: Sequence[str] | None = None
+) -> str | None:
+    """The warning for a fresh run whose adversarial terms train a random generator from iteration 0
+    (`experiment=full` without `model.init_from`), or None. `overrides`: the command line's (default: Hydra's)."""
+    if ckpt_path is not None or OmegaConf.select(cfg, INIT_FROM_KEY, default=None):
+        return None  # resuming continues the run's own generator; init_from names a trained one
+    if not critic_inputs(cfg.loss) or int(cfg.optim.get("gan_start_iteration", 0)) > 0:
+        return None  # no GAN phase, or a generator-only warm-up before it
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return None if explicitly_null(INIT_FROM_KEY, overrides) else RANDOM_GAN_START
