@@ -37,7 +37,7 @@ def outside_autocast(layer: nn.Module, x: Tensor) -> Tensor:
     map) would be rounded to bf16 steps of 2^-9..2^-8, coarser than 8-bit pixels near 1, and every
     gradient map of it (eq. 7's mu term, the gradient critic) would see that staircase instead of the image.
     """
-    if not torch.is_autocast_enabled(x.device.type):
+    if x.device.type == "meta" or not torch.is_autocast_enabled(x.device.type):  # meta: shape-only runs
         return layer(x)
     dtype = next(layer.parameters()).dtype
     with torch.autocast(device_type=x.device.type, enabled=False):

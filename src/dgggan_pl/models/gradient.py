@@ -5,6 +5,8 @@ Generator, losses and the gradient critic all call this, so that "gradient" mean
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,8 +33,9 @@ def gradient_magnitude(x: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """
     if x.dim() != 4:
         raise ValueError(f"gradient_magnitude expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    autocast = torch.is_autocast_enabled(x.device.type)
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    on_meta = x.device.type == "meta"  # shape-only runs (GFLOPs) have no autocast state to read or switch
+    autocast = not on_meta and torch.is_autocast_enabled(x.device.type)
+    with nullcontext() if on_meta else torch.autocast(device_type=x.device.type, enabled=False):
         wide = x.float() if x.dtype in LOW_PRECISION else x
         padded = F.pad(wide, (1, 1, 1, 1))
         grad_x = padded[:, :, 1:-1, :-2] - padded[:, :, 1:-1, 2:]
