@@ -22,13 +22,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install the package with dev tools (idempotent)
 
 test: install ## Run the fast tests (the default CI gate)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not slurm_cluster" $(PYTEST_ARGS)
 
 test-slow: install ## Run only the slow tests (subprocess DDP, sweeps, full-set parity)
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not slurm_cluster" $(PYTEST_ARGS)
 
-test-all: install ## Run every test
-	$(PY) -m pytest $(PYTEST_ARGS)
+test-all: install ## Run every test but the SLURM cluster ones (make test-slurm)
+	$(PY) -m pytest -m "not slurm_cluster" $(PYTEST_ARGS)
+
+SLURM_TESTS := tests/test_slurm_cluster.py
+test-slurm: install ## As root on Debian: a local one-node SLURM cluster (packages installed if missing), the launcher's SLURM cases against it without and with accounting, every daemon stopped (~15 min)
+	scripts/slurm_local.sh run -- $(PY) -m pytest $(SLURM_TESTS) -m "slurm_cluster and not slurm_accounting" $(PYTEST_ARGS)
+	scripts/slurm_local.sh run --accounting -- $(PY) -m pytest $(SLURM_TESTS) -m slurm_accounting $(PYTEST_ARGS)
 
 lint: install ## ruff check + format check, mypy on src/ (config in pyproject.toml); CI runs it before the tests
 	$(VENV)/bin/ruff check src tests benchmarks scripts
@@ -41,6 +46,9 @@ format: install ## Apply ruff fixes and formatting
 
 complexity: install ## Print the Table 5 complexity comparison
 	$(PY) -m dgggan_pl.complexity
+
+benchmarks-doc: install ## Regenerate docs/benchmarks.md from the result files benchmarks/results/*.json
+	$(PY) benchmarks/render.py
 
 DEMO_DIR ?= demo_outputs
 
@@ -55,4 +63,4 @@ gpu-check: install ## On a CUDA machine (<10 min): iterations/s at batch 16 fp32
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache outputs multirun wandb demo_outputs
 
-.PHONY: demo gpu-check help install test test-slow test-all lint format complexity clean
+.PHONY: demo gpu-check help install test test-slow test-all test-slurm lint format complexity benchmarks-doc clean

@@ -49,7 +49,15 @@ start() {
 stop_all() {
     local rc=$?
     trap - EXIT INT TERM
-    local i
+    local i jobs
+    # jobs still queued or running (a failed test's): cancel them, so that no job process outlives slurmd
+    if [ -n "$DIR" ] && jobs=$(timeout 20 squeue --noheader --format=%A 2>/dev/null) && [ -n "$jobs" ]; then
+        timeout 20 scancel $jobs 2>/dev/null || true
+        for _ in $(seq 60); do
+            [ -z "$(timeout 10 squeue --noheader --format=%A 2>/dev/null)" ] && break
+            sleep 1
+        done
+    fi
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do   # slurmd first, munged last
         kill -TERM "${PIDS[i]}" 2>/dev/null || true
     done

@@ -5,6 +5,7 @@ No SLURM here: a stand-in `srun` on PATH only lets submitit pick its SLURM execu
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.config import config_dir
 from dgggan_pl.launch import slurm_queue
+from dgggan_pl.launch.summary import JobRecord
+from dgggan_pl.sweep_results import job_result
 from hydra_plugins.dgggan_launchers.slurm_launcher import SlurmDDPLauncher
 
 LAYOUT = ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4", "hydra.launcher.partition=gpu"]
@@ -123,7 +126,8 @@ def test_queue_and_accounting_output_parsing() -> None:
     assert slurm_queue.array_ids(["12_0", "12_1", "13"]) == ["12", "13"]
     records = slurm_queue.parse_sacct("12_0|COMPLETED|0:0|41\n12_1|CANCELLED by 0|0:15|7\n13|RUNNING|0:0|\n")
     assert records["12_0"] == slurm_queue.Accounting("COMPLETED", 0, 41.0)
-    assert records["12_1"].state == "CANCELLED" and records["13"].seconds is None
+    assert records["12_1"] == slurm_queue.Accounting("CANCELLED", 128 + 15, 7.0)  # killed by SIGTERM
+    assert records["13"].seconds is None
 
 
 def test_a_job_that_can_never_start_names_the_key_to_change() -> None:
@@ -138,3 +142,20 @@ def test_a_job_that_can_never_start_names_the_key_to_change() -> None:
     big_memory = {**params, "cpus_per_task": 1, "mem_gb": 64}
     advice = slurm_queue.never_starting_advice(pending, big_memory, {"cpus": 2, "memory_mb": 8000}, reasons)
     assert advice is not None and "lower hydra.launcher.mem_gb" in advice
+
+
+def test_requeued_and_cancelled_jobs_in_the_report(tmp_path: Path) -> None:
+    """run_info `requeued` (waiting to resume) is incomplete, not failed; a SLURM job recorded cancelled or lost
+    by the launcher is a failed row whose error names the job."""
+    waiting = tmp_path / "0_waiting"
+    waiting.mkdir()
+    info = {"status": "requeued", "ablation": "no_se", "error": "waiting to be requeued: SIGTERM received"}
+    (waiting / "run_info.json").write_text(json.dumps(info))
+    record = JobRecord(num=0, overrides=["ablation=no_se"], output_dir=str(waiting), status="submitted")
+    result = job_result(waiting, record)
+    assert result.status == "incomplete" and "requeued by SLURM" in (result.error or "")
+    gone = JobRecord(
+        num=1, overrides=["ablation=no_grad"], status="cancelled", error="SLURM job 7_1 was cancelled"
+    )
+    result = job_result(None, gone)
+    assert result.status == "failed" and "7_1" in (result.error or "")

@@ -15,12 +15,15 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from dgggan_pl.callbacks.run_info import REQUEUED
 from dgggan_pl.config import config_dir
 from dgggan_pl.launch.devices import override_key
 from dgggan_pl.launch.summary import (
+    CANCELLED,
     COMPLETED,
     FAILED,
     INTERRUPTED,
+    LOST,
     NOT_STARTED,
     PENDING,
     JobRecord,
@@ -156,6 +159,8 @@ def _status(info_status: str | None, record: JobRecord | None) -> str:
     launcher = record.status if record is not None else None
     if info_status == COMPLETED:
         return COMPLETED
+    if launcher in (CANCELLED, LOST):  # a SLURM job that ended unfinished (its error says which)
+        return FAILED
     if launcher in (INTERRUPTED, FAILED):
         return launcher
     if info_status == FAILED:
@@ -179,6 +184,8 @@ def _error(status: str, info: dict[str, Any], record: JobRecord | None) -> str |
         return "the sweep stopped before this job started"
     if status == INCOMPLETE and info.get("status") == "running":
         return info.get("error") or "run_info.json still says running (job killed or still running)"
+    if status == INCOMPLETE and info.get("status") == REQUEUED:
+        return f"requeued by SLURM, not resumed yet ({info.get('error')})"
     if not info:
         return launcher_error or f"no {RUN_INFO_FILE} (launcher: {record.status if record else 'no record'})"
     return info.get("error") or launcher_error

@@ -87,10 +87,13 @@ def parse_sacct(text: str) -> dict[str, Accounting]:
         if len(parts) != 4:
             continue
         job_id, state, exit_code, elapsed = parts
-        code = exit_code.split(":", 1)[0]
+        code, _, signum = exit_code.partition(":")  # `<exit status>:<signal that ended it>`
+        returncode = int(code) if code.isdigit() else None
+        if signum.isdigit() and int(signum) > 0:
+            returncode = 128 + int(signum)  # as a shell reports a process killed by that signal
         records[job_id] = Accounting(
             state=state.split(" ", 1)[0],
-            returncode=int(code) if code.isdigit() else None,
+            returncode=returncode,
             seconds=float(elapsed) if elapsed.isdigit() else None,
         )
     return records
