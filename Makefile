@@ -57,8 +57,10 @@ demo: install ## Train experiment=demo on CPU (a few minutes, no downloads), ups
 	$(PY) -m dgggan_pl.train experiment=demo hydra.run.dir=$(DEMO_DIR)/run
 	$(PY) scripts/demo_report.py $(DEMO_DIR)
 
-gpu-check: install ## On a CUDA machine (<10 min): iterations/s at batch 16 fp32 vs bf16, then a few thousand pretrain iterations
-	$(PY) scripts/gpu_check.py
+GPU_CHECK_OUT ?= gpu_check_outputs
+
+gpu-check: ## On a CUDA machine, offline and without install (< 8 min): throughput, bf16, DDP, resume (docs/gpu.md)
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) scripts/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache outputs multirun wandb demo_outputs

@@ -1,0 +1,184 @@
+"""Command line of the GPU check: run the phases in order, each within its budget, and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dgggan_pl.config import config_dir
+from dgggan_pl.gpu_check.data import MIB, prepare_data, tree_bytes
+from dgggan_pl.gpu_check.phases import PHASES, Check, MissingDataError
+from dgggan_pl.gpu_check.report import NO_DEVICE, write_report
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CARRIED = REPO_ROOT / ".gpu_data"  # ignored by git; the device run carries it
+WHEELS = REPO_ROOT / ".whl"
+log = logging.getLogger(__name__)
+
+
+def load_settings(dry_run: bool) -> tuple[DictConfig, DictConfig, float]:
+    """(profile settings, data spec, peak TFLOP/s) from conf/gpu_check.yaml."""
+    root = OmegaConf.load(config_dir() / "gpu_check.yaml")
+    assert isinstance(root, DictConfig)
+    profile = root.dry_run if dry_run else root.device
+    data = OmegaConf.merge(root.data, profile.get("data") or {})
+    assert isinstance(data, DictConfig)
+    return profile, data, float(root.peak_tflops)
+
+
+def default_source() -> Path:
+    """The shared data folder: $DGGGAN_DATA_DIR, else ../shared/data beside the checkout."""
+    return Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+def phase_budget(name: str, spec: DictConfig) -> float:
+    if name == "throughput":
+        return float(sum(variant.budget_s for variant in spec.variants.values()))
+    return float(spec.get("budget_s", 0))
+
+
+def run_phase(check: Check, name: str) -> dict[str, Any]:
+    """One phase, its exceptions recorded (a GPU-only failure in one phase must not lose the others)."""
+    spec = check.settings.get(name) or OmegaConf.create({})
+    start = time.perf_counter()
+    result: dict[str, Any] = {"name": name, "budget_s": phase_budget(name, spec)}
+    try:
+        figures = PHASES[name](check, spec)
+        result |= {"status": "failed" if figures.get("passed") is False else "ok", "figures": figures}
+    except MissingDataError as error:
+        result |= {"status": "skipped", "reason": str(error).splitlines()[0]}
+    except Exception as error:  # noqa: BLE001 - recorded with its traceback, the next phase still runs
+        result |= {"status": "error", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:400]}"}
+        result["traceback"] = traceback.format_exc()[-4000:]
+        log.error("phase %s failed:\n%s", name, result["traceback"])
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def run_check(check: Check, names: Sequence[str], header: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run `names` in order; skip a phase whose budget would end past the total; rewrite the report each time."""
+    total = float(check.settings.total_budget_s)
+    start = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    for name in names:
+        spec = check.settings.get(name) or OmegaConf.create({})
+        elapsed = time.perf_counter() - start
+        if elapsed + phase_budget(name, spec) > total:
+            reason = f"total budget: {elapsed:.0f} s spent, its {phase_budget(name, spec):.0f} s would pass {total:.0f} s"
+            results.append(
+                {
+                    "name": name,
+                    "status": "skipped",
+                    "reason": reason,
+                    "seconds": 0.0,
+                    "budget_s": phase_budget(name, spec),
+                }
+            )
+            continue
+        print(f"gpu_check: phase {name} (budget {phase_budget(name, spec):.0f} s)", flush=True)
+        results.append(run_phase(check, name))
+        header["flops_per_iteration_tflop"] = (check.flops_per_iteration or 0) / 1e12 or None
+        header["total_seconds"] = round(time.perf_counter() - start, 1)
+        write_report(check.out, results, header)  # partial results survive a run killed at its limit
+    return results
+
+
+def describe(device: torch.device, dry_run: bool, data_dir: Path | None) -> dict[str, Any]:
+    import lightning
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else NO_DEVICE
+    return {
+        "device": name if not dry_run else NO_DEVICE,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "data folder": str(data_dir) if data_dir else "none (phases that need it are skipped)",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__)
+    parser.add_argument("--out", type=Path, help="folder for gpu_check.json, gpu_check.md and the runs")
+    parser.add_argument("--dry-run", action="store_true", help="every phase on the CPU at toy sizes")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"data folder (default: {DEFAULT_CARRIED.name}/ if present; the dry run prepares "
+        "a toy one from $DGGGAN_DATA_DIR)",
+    )
+    parser.add_argument("--only", nargs="+", choices=list(PHASES), default=None, help="run only these phases")
+    parser.add_argument(
+        "--prepare-data",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_CARRIED,
+        default=None,
+        metavar="FOLDER",
+        help=f"fill the carried data folder (default {DEFAULT_CARRIED.name}/) "
+        "from $DGGGAN_DATA_DIR within the device tree's size limit, then exit",
+    )
+    return parser
+
+
+def prepare(target: Path, spec: DictConfig) -> dict[str, Any]:
+    """`--prepare-data`: the budget is the device tree's limit minus the tree, the wheels and a margin."""
+    used = tree_bytes(REPO_ROOT, [WHEELS] if WHEELS.is_dir() else [])
+    budget = int((spec.device_tree_mib - spec.margin_mib) * MIB) - used
+    result = prepare_data(default_source(), target, spec, budget)
+    result |= {"tree_and_wheels_mib": used / MIB, "total_mib": (used + result["bytes"]) / MIB}
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    settings, data_spec, peak = load_settings(args.dry_run)
+    if args.prepare_data is not None:
+        result = prepare(args.prepare_data, data_spec)
+        print(
+            f"prepared {result['folder']}: {result['bytes'] / MIB:.1f} MiB ({result['train_images']} training "
+            f"crops of {result['crop_size']} px); with the tree and .whl/ {result['total_mib']:.1f} MiB"
+        )
+        return 0
+    if args.out is None:
+        parser.error("--out DIR is required (unless --prepare-data)")
+    if not args.dry_run and not torch.cuda.is_available():
+        parser.error(
+            "no CUDA device (torch.cuda.is_available() is False); use --dry-run to rehearse on the CPU"
+        )
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = args.data
+    if data_dir is None and args.dry_run and default_source().is_dir():
+        data_dir = Path(prepare_data(default_source(), out / "data", data_spec, None)["folder"])
+    elif data_dir is None and DEFAULT_CARRIED.is_dir():
+        data_dir = DEFAULT_CARRIED
+    if data_dir is not None and not data_dir.is_dir():
+        parser.error(f"--data {data_dir}: no such folder (prepare it with --prepare-data)")
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if settings.get("threads"):  # toy convolutions gain nothing from threads on a busy CPU; OMP_NUM_THREADS
+        torch.set_num_threads(
+            int(settings.threads)
+        )  # also stops Lightning's DDP raising them, and reaches the
+        os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # train_resume phase's subprocesses
+    data_dir = data_dir.resolve() if data_dir is not None else None
+    check = Check(settings, out, device, data_dir, data_spec, args.dry_run, peak)
+    header = describe(device, args.dry_run, data_dir)
+    results = run_check(check, args.only or list(PHASES), header)
+    print(write_report(out, results, header), flush=True)
+    return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1

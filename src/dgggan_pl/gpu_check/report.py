@@ -1,0 +1,102 @@
+"""The check's results as `gpu_check.json` and the Markdown table `gpu_check.md` (printed too)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dgggan_pl.utils.atomic import write_json_atomic, write_text_atomic
+
+NO_DEVICE = "no device (dry run on CPU)"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _throughput_rows(figures: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, result in figures.items():
+        if not isinstance(result, Mapping):  # "passed"
+            continue
+        if "error" in result:
+            rows.append([f"throughput {name}", "error", result["error"]])
+            continue
+        stop = "budget" if result.get("stopped_by_budget") else "iterations"
+        rows.append(
+            [
+                f"throughput {name}",
+                f"{_number(result.get('iterations_per_s'))} it/s",
+                f"{_number(result.get('achieved_tflops'))} TFLOP/s = {_number(result.get('fraction_of_peak'))} "
+                f"of peak; peak memory {_number(result.get('peak_memory_gib'))} GiB; {result.get('precision')}; "
+                f"cudnn.benchmark {_number(result.get('cudnn_benchmark'))}; {result.get('timed_iterations')} "
+                f"timed of {result.get('iterations')} (stopped by {stop})",
+            ]
+        )
+    return rows
+
+
+def _learning_rows(figures: Mapping[str, Any]) -> list[list[str]]:
+    rows = [
+        [
+            "learning curve",
+            f"{_number(figures.get('train_seconds'))} s",
+            f"{figures.get('iterations')} iterations, {_number(figures.get('iterations_per_s'))} it/s",
+        ]
+    ]
+    bicubic = figures.get("bicubic", {})
+    for point in figures.get("curve", []):
+        cells = [
+            f"{name} {point[f'val/{name}/psnr']:.2f} dB ({point[f'val/{name}/psnr'] - psnr:+.2f} vs bicubic)"
+            for name, psnr in bicubic.items()
+            if f"val/{name}/psnr" in point
+        ]
+        rows.append([f"  iteration {point['iteration']}", f"{point['seconds']} s", "; ".join(cells)])
+    return rows
+
+
+def _generic_row(name: str, figures: Mapping[str, Any]) -> list[str]:
+    passed = figures.get("passed")
+    shown = {k: v for k, v in figures.items() if k != "passed" and not isinstance(v, Mapping | list)}
+    details = ", ".join(f"{k} {_number(v)}" for k, v in shown.items())
+    return [name, "n/a" if passed is None else ("pass" if passed else "FAIL"), details]
+
+
+def table(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> str:
+    """One Markdown table: a row per phase (per variant, per curve point), then each phase's status."""
+    lines = [f"# GPU check: {header['device']}", ""]
+    lines += [f"- {key}: {value}" for key, value in header.items() if key != "device"]
+    lines += ["", "| phase | figure | details |", "|---|---|---|"]
+    for result in results:
+        name, figures = result["name"], result.get("figures") or {}
+        if result["status"] not in ("ok", "failed"):
+            lines.append(f"| {name} | {result['status']} | {result.get('reason', '')} |")
+            continue
+        if name == "throughput":
+            rows = _throughput_rows(figures)
+        elif name == "learning_curve":
+            rows = _learning_rows(figures)
+        else:
+            rows = [_generic_row(name, figures)]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    lines += ["", "| phase | status | seconds | budget s |", "|---|---|---:|---:|"]
+    for result in results:
+        lines.append(
+            f"| {result['name']} | {result['status']} | {result['seconds']:.1f} | {_number(result['budget_s'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> str:
+    """Write DIR/gpu_check.json and DIR/gpu_check.md (atomically); returns the Markdown."""
+    text = table(results, header)
+    write_json_atomic(out / "gpu_check.json", {"header": dict(header), "phases": list(results)})
+    write_text_atomic(out / "gpu_check.md", text)
+    return text

@@ -1,0 +1,118 @@
+"""The GPU check (scripts/gpu_check.py, docs/gpu.md): the dry run of every phase on the CPU, offline, with an empty
+TORCH_HOME; the FLOP count behind its TFLOP/s figures; its callbacks and the carried data folder."""
+
+from __future__ import annotations
+
+import json
+import socket
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dgggan_pl.gpu_check.callbacks import SYNC_WARNING, PhaseClock, count_sync_warnings
+from dgggan_pl.gpu_check.cli import load_settings, main
+from dgggan_pl.gpu_check.data import MIB, prepare_data, train_crop_dirs
+from dgggan_pl.gpu_check.flops import iteration_flops
+from dgggan_pl.gpu_check.phases import PHASES
+from dgggan_pl.gpu_check.report import NO_DEVICE
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    raise OSError("network blocked by the test")
+
+
+def test_dry_run_runs_every_phase_offline(tmp_path, monkeypatch, data_dir, one_torch_thread) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty: no VGG19, AlexNet or NIQE weights
+    monkeypatch.setenv("DGGGAN_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the dry run sets it; monkeypatch restores it
+    monkeypatch.setattr(socket, "getaddrinfo", _no_network)  # every URL fetch resolves a name first
+    monkeypatch.setattr(socket, "create_connection", _no_network)
+    out = tmp_path / "check"
+
+    assert main(["--dry-run", "--out", str(out)]) == 0
+
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["header"]["device"] == NO_DEVICE
+    phases = {phase["name"]: phase for phase in report["phases"]}
+    assert list(phases) == list(PHASES)
+    assert {name: phase["status"] for name, phase in phases.items()} == dict.fromkeys(PHASES, "ok")
+    figures = {name: phase["figures"] for name, phase in phases.items()}
+
+    assert figures["flops"]["iteration_tflop"] > figures["flops"]["generator_step_tflop"] > 0
+    variants = {k: v for k, v in figures["throughput"].items() if isinstance(v, dict)}
+    assert set(variants) == {"fp32", "tf32", "bf16", "bf16_channels_last", "compile"}
+    for name, variant in variants.items():
+        assert variant["iterations_per_s"] > 0 and variant["achieved_tflops"] > 0, name
+        assert variant["cudnn_benchmark"] is True and variant["timed_iterations"] >= 1
+    assert variants["bf16"]["precision"] == "bf16-mixed" and variants["fp32"]["precision"] == "32-true"
+    assert figures["bf16_losses"]["all_finite"] and "loss_g" in figures["bf16_losses"]["bf16"]
+    assert figures["host_syncs"]["syncs_per_iteration"] is None  # no device to wait for: n/a
+    assert figures["ddp"]["process_group"] == "gloo" and figures["ddp"]["world_size"] == 1
+    assert figures["validation"]["psnr_difference"] == 0 and "niqe_cpu" in figures["validation"]
+    curve = figures["learning_curve"]
+    assert curve["curve"] and {"Set5", "Set14"} == set(curve["bicubic"])
+    assert "val/Set14/psnr" in curve["curve"][-1]
+    assert figures["upscale"]["fp32_first_s"] > 0 and (out / "upscale" / "0853_fp32.png").is_file()
+    resume = figures["train_resume"]
+    assert resume["killed_returncode"] == -9 and resume["resumed_returncode"] == 0
+    assert resume["iteration_of_last_ckpt_at_kill"] < resume["final_iteration"]
+
+    table = (out / "gpu_check.md").read_text()
+    assert NO_DEVICE in table and "| throughput bf16_channels_last |" in table
+    assert not any((tmp_path / "torch").rglob("*.*"))  # nothing was downloaded into TORCH_HOME
+
+
+def test_iteration_flops_follow_the_derivation() -> None:
+    """docs/design.md#flops-of-one-iteration: per sample 3 F_G + 3 F_V + 14 F_D per critic (two critics)."""
+    from dgggan_pl.config import compose_config
+
+    cfg = compose_config(["experiment=full", "loss.terms.percept.loss.weights=random", "paths.output_dir=."])
+    flops = iteration_flops(cfg)
+    g, v, d = flops["generator_forward"], flops["perceptual_forward"], flops["critic_forward"]
+    assert flops["generator_step"] == pytest.approx(3 * g + 3 * v + 2 * 2 * d, rel=0.01)
+    assert flops["critic_step"] == pytest.approx(2 * 12 * d, rel=0.01)
+    assert flops["iteration"] == flops["critic_step"] + flops["generator_step"]
+    assert flops["iteration"] / 1e12 == pytest.approx(10.03, abs=0.01)  # batch 16, LR 48 -> HR 192
+
+
+def test_phase_clock_times_after_warmup_and_stops_at_its_budget(tmp_path) -> None:
+    clock = PhaseClock(str(tmp_path / "clock.json"), budget_s=0.0, warmup=1)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    trainer = SimpleNamespace(should_stop=False, precision="32-true", world_size=1)
+    clock.on_fit_start(trainer, module)  # type: ignore[arg-type]
+    clock.on_train_batch_end(trainer, module)  # type: ignore[arg-type]
+    assert trainer.should_stop  # budget 0: stops after the iteration that ran
+    clock.on_train_batch_end(trainer, module)  # type: ignore[arg-type]
+    clock.on_train_end(trainer, module)  # type: ignore[arg-type]
+    record = json.loads((tmp_path / "clock.json").read_text())
+    assert record["iterations"] == 2 and record["timed_iterations"] == 1 and record["stopped_by_budget"]
+    assert record["iterations_per_s"] > 0 and "peak_memory_gib" not in record
+
+
+def test_sync_warnings_are_counted_by_where_they_happen() -> None:
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        warnings.warn(f"{SYNC_WARNING}. For example", UserWarning, stacklevel=1)
+        warnings.warn(f"{SYNC_WARNING}. For example", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    examples: dict[str, int] = {}
+    assert count_sync_warnings(records, examples) == 2
+    assert list(examples.values()) == [1, 1] and all(k.startswith("test_gpu_check.py:") for k in examples)
+
+
+def test_prepared_data_takes_the_largest_crop_that_fits(tmp_path, data_dir) -> None:
+    _, spec, _ = load_settings(dry_run=False)
+    spec = OmegaConf.merge(spec, {"images_per_set": 1, "crop_sizes": [128, 64], "eval_sets": ["Set5"]})
+    small = prepare_data(data_dir, tmp_path / "data", spec, budget_bytes=None)
+    assert small["crop_size"] == 128 and small["train_images"] == 2
+    assert [p.name for p in (tmp_path / "data" / "sr-benchmarks" / "Set5" / "HR").iterdir()] == ["baby.png"]
+    assert (tmp_path / "data" / "DIV2K-sample" / "LR_bicubic" / "X4" / "0853x4.png").is_file()
+    assert len(train_crop_dirs(tmp_path / "data", spec)) == 2
+    fitted = prepare_data(data_dir, tmp_path / "data", spec, budget_bytes=small["bytes"] - 1)
+    assert fitted["crop_size"] == 64 and fitted["bytes"] < small["bytes"]
+    with pytest.raises(ValueError, match="device_tree_mib"):
+        prepare_data(data_dir, tmp_path / "data", spec, budget_bytes=int(0.01 * MIB))
+    assert not (tmp_path / "data").exists()  # refused: nothing half-written is left to carry
