@@ -4,8 +4,10 @@ A `MetricSpec` is all the project knows about a metric. `BenchmarkMetrics` build
 (`metrics.benchmark.metrics`), so training logs them as `val/<Set>/<key>`; the W&B callback gives each a best
 (`better`) and last summary; `evaluate` puts it in the tables named by its `placements`, `figures` captions its
 values and the comparison page formats them, and the ablation `report` prints its `report` placement. Adding a
-metric is one `register(MetricSpec(...))` call: its builder gets the `metrics.benchmark` config as
-`MetricSettings` (keys it needs beyond those go in `options`, e.g. `+metrics.benchmark.my_window=7`).
+metric is one `MetricSpec` in the list at the end of this file (or a `register(...)` call in code imported
+before the metrics are built, as tests/test_metric_registry.py does); name it in `metrics.benchmark.metrics`.
+Its builder gets the `metrics.benchmark` config as `MetricSettings`; keys it needs beyond those go in `options`
+(e.g. `+metrics.benchmark.my_window=7`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 One row per method (a checkpoint, the bicubic baseline or a results folder), with the source it comes from
 (checkpoint file, iteration, weights), one column group per benchmark set. NIQE sits beside PI and LPIPS
 because the paper's PI is built from it. A metric that could not be computed shows as `unavailable` (CSV) /
-`n/a` (Markdown) with its reason in a note below the table: never as a number.
+`n/a` (Markdown) with its reason in a note below the table: never as a number. The columns are the metrics
+placed in each table by their `MetricSpec` (metrics/registry.py).
 """
 
 from __future__ import annotations
