@@ -2,6 +2,9 @@
 
 Not used in training: `dgggan_pl.complexity` and `benchmarks/bench_inference.py` compare DGGGAN against it.
 Defaults are the published x4 model: 23 RRDBs, 64 features, growth 32 (16,697,987 parameters).
+It is ESRGAN's network exactly: its weights, renamed to the released layout, give the same output in spandrel's
+ESRGAN (tests/test_baselines.py). Released ESRGAN weights are loaded through spandrel (`dgggan_pl.peers`); this
+module stays because SPSR's generator is built from its RRDB and Table 5 must not need the optional extra.
 """
 
 from __future__ import annotations
