@@ -70,8 +70,9 @@ def outside_references(name: str, text: str) -> list[str]:
 
 
 def heading_anchors(markdown: str) -> set[str]:
-    """GitHub's anchors for the headings of a Markdown page (lower case, punctuation dropped, spaces -> -)."""
-    anchors = set()
+    """GitHub's anchors for the headings of a Markdown page (lower case, punctuation dropped, spaces -> -), and
+    explicit `<a id="name"></a>` anchors (docs/benchmarks.md names its sections after the result files)."""
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', markdown))
     in_code = False
     for line in markdown.splitlines():
         if line.startswith("```"):
@@ -166,4 +167,7 @@ def test_broken_links_and_missing_headings_are_found(tmp_path: Path) -> None:
     assert heading_anchors("## Deviations from the paper\n```\n# not a heading\n```\n### `ddp` strategy") == {
         "deviations-from-the-paper",
         "ddp-strategy",
+    }
+    assert heading_anchors('<a id="learning_curve"></a>`benchmarks/results/learning_curve.json`') == {
+        "learning_curve"
     }
