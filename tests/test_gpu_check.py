@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from dgggan_pl.gpu_check.callbacks import SYNC_WARNING, PhaseClock, count_sync_warnings
 from dgggan_pl.gpu_check.cli import load_settings, main
-from dgggan_pl.gpu_check.data import MIB, prepare_data, train_crop_dirs
+from dgggan_pl.gpu_check.data import MIB, prepare_data, training_dirs
 from dgggan_pl.gpu_check.flops import iteration_flops
 from dgggan_pl.gpu_check.phases import PHASES
 from dgggan_pl.gpu_check.report import NO_DEVICE
@@ -110,7 +110,8 @@ def test_prepared_data_takes_the_largest_crop_that_fits(tmp_path, data_dir) -> N
     assert small["crop_size"] == 128 and small["train_images"] == 2
     assert [p.name for p in (tmp_path / "data" / "sr-benchmarks" / "Set5" / "HR").iterdir()] == ["baby.png"]
     assert (tmp_path / "data" / "DIV2K-sample" / "LR_bicubic" / "X4" / "0853x4.png").is_file()
-    assert len(train_crop_dirs(tmp_path / "data", spec)) == 2
+    assert [p.parent.name for p in training_dirs(tmp_path / "data", spec)] == ["train-crops"] * 2
+    assert [p.name for p in training_dirs(data_dir, spec)] == ["HR", "HR"]  # a whole data folder: the sets
     fitted = prepare_data(data_dir, tmp_path / "data", spec, budget_bytes=small["bytes"] - 1)
     assert fitted["crop_size"] == 64 and fitted["bytes"] < small["bytes"]
     with pytest.raises(ValueError, match="device_tree_mib"):

@@ -110,7 +110,12 @@ def prepare_data(source: Path, target: Path, spec: Any, budget_bytes: int | None
     )
 
 
-def train_crop_dirs(data_dir: Path, spec: Any) -> list[Path]:
-    """The training crop folders of a prepared data folder (empty when it has none)."""
-    folders = [data_dir / TRAIN_CROPS / name for name in spec.train_sets]
-    return folders if all(folder.is_dir() for folder in folders) else []
+def training_dirs(data_dir: Path, spec: Any) -> list[Path]:
+    """The training HR folders of a data folder: its crops when prepared, else the whole sets, else none."""
+    for folders in (
+        [data_dir / TRAIN_CROPS / name for name in spec.train_sets],
+        [data_dir / "sr-benchmarks" / name / "HR" for name in spec.train_sets],
+    ):
+        if all(folder.is_dir() for folder in folders):
+            return folders
+    return []

@@ -5,6 +5,7 @@ and every metric through `BenchmarkMetrics`, so the check measures the code that
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import signal
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from dgggan_pl.config import compose_config
-from dgggan_pl.gpu_check.data import train_crop_dirs
+from dgggan_pl.gpu_check.data import training_dirs
 from dgggan_pl.gpu_check.flops import iteration_flops
 
 Figures = dict[str, Any]
@@ -49,7 +50,7 @@ class Check:
     def overrides(self, *extra: str, experiment: str = "full", folder: str = "run") -> list[str]:
         """Hydra overrides of one train() of the check: the profile's, the data folder, then `extra`."""
         data = [f"paths.data_dir={self.data_dir}"] if self.data_dir is not None else []
-        crops = train_crop_dirs(self.data_dir, self.data_spec) if self.data_dir is not None else []
+        crops = training_dirs(self.data_dir, self.data_spec) if self.data_dir is not None else []
         if crops:  # the carried training crops; else the embedded sample set (debug=smoke's, or data=sample)
             data += ["data=benchmark_train", f"data.train_source.hr_dirs=[{','.join(map(str, crops))}]"]
         else:
@@ -105,6 +106,12 @@ def compile_stance(check: Check) -> Iterator[None]:
         torch.compiler.set_stance("default")
 
 
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _read(path: Path) -> Figures:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -137,6 +144,7 @@ def throughput(check: Check, spec: DictConfig) -> Figures:
         extra += ["callbacks.model_checkpoint=null", f"compile={str(variant.compile).lower()}"]
         if variant.channels_last:
             extra += _callback("channels_last", "ChannelsLast")
+        _release_memory()  # the previous variant's module and optimizer states must not count in this peak
         try:
             with tf32(variant.tf32), compile_stance(check):
                 _train(check.compose(*extra, folder=f"throughput_{name}"))
@@ -299,8 +307,10 @@ def upscale(check: Check, spec: DictConfig) -> Figures:
 
 def learning_curve(check: Check, spec: DictConfig) -> Figures:
     """PSNR stage on the carried BSD100 + Urban100 crops, Set5/Set14 PSNR every few hundred iterations."""
-    if check.data_dir is None or not train_crop_dirs(check.data_dir, check.data_spec):
-        raise MissingDataError("no training crops in the data folder (run --prepare-data, pass --data)")
+    if check.data_dir is None or not training_dirs(check.data_dir, check.data_spec):
+        raise MissingDataError(
+            "no BSD100/Urban100 HR in the data folder (run --prepare-data, or pass --data)"
+        )
     history = check.out / "records" / "learning_curve_history.json"
     record, clock = _clock(check, "learning_curve", spec.budget_s, 1)
     extra = [*clock, f"iterations={spec.iterations}", f"trainer.precision={spec.precision}"]
@@ -403,14 +413,16 @@ def _checkpoint_iteration(path: Path) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=True)["dgggan"]["iteration"])
 
 
+# In this order: the learning curve before upscale (which upscales with its weights), the longest phases where a
+# total budget that runs short skips the least.
 PHASES: dict[str, Callable[[Check, DictConfig], Figures]] = {
     "flops": flops,
     "throughput": throughput,
     "bf16_losses": bf16_losses,
     "host_syncs": host_syncs,
     "validation": validation,
+    "ddp": ddp,
     "learning_curve": learning_curve,
     "upscale": upscale,
     "train_resume": train_resume,
-    "ddp": ddp,
 }

@@ -62,11 +62,29 @@ def _learning_rows(figures: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _headline(name: str, figures: Mapping[str, Any]) -> str | None:
+    """The one number a phase is read for, where it has one."""
+    if name == "flops":
+        return f"{_number(figures.get('iteration_tflop'))} TFLOP per iteration"
+    if name == "host_syncs":
+        return f"{_number(figures.get('syncs_per_iteration'))} per iteration"
+    if name == "upscale":
+        half = [k for k in figures if k.endswith("_s") and not k.startswith("fp32")]
+        times = "; ".join(
+            f"{k.removesuffix('_s').replace('_', ' ')} {figures[k]:.2f} s"
+            for k in [*(k for k in figures if k.startswith("fp32") and k.endswith("_s")), *half]
+        )
+        return times
+    return None
+
+
 def _generic_row(name: str, figures: Mapping[str, Any]) -> list[str]:
     passed = figures.get("passed")
     shown = {k: v for k, v in figures.items() if k != "passed" and not isinstance(v, Mapping | list)}
     details = ", ".join(f"{k} {_number(v)}" for k, v in shown.items())
-    return [name, "n/a" if passed is None else ("pass" if passed else "FAIL"), details]
+    headline = _headline(name, figures)
+    verdict = "n/a" if passed is None else ("pass" if passed else "FAIL")
+    return [name, headline if headline is not None and passed is None else verdict, details]
 
 
 def table(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> str:
