@@ -72,3 +72,13 @@ def test_an_override_outside_the_stage_is_refused_not_ignored() -> None:
         active_terms("experiment=pretrain", "loss.terms.grad_img.weight=0.01")
     with pytest.raises(ValueError, match=r"loss.active names \['gradient'\]"):
         active_terms("experiment=pretrain", "loss.active=[pixel,gradient]")
+
+
+def test_the_refusal_comes_before_the_run_starts() -> None:
+    """train's check_config turns it into its one-line error (exit 1, no traceback, no run folder written)."""
+    from dgggan_pl.validation import ConfigError, check_config
+
+    with pytest.raises(ConfigError, match=r"^loss.terms.grad_img.weight=0.01 but loss.active=") as error:
+        check_config(compose_config(["experiment=pretrain", "loss.terms.grad_img.weight=0.01"]))
+    assert "\n" not in str(error.value)
+    check_config(compose_config(["experiment=pretrain"]))  # the preset itself passes

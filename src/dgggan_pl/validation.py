@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.metrics.registry import unknown_metrics_message
-from dgggan_pl.objective import critic_inputs
+from dgggan_pl.objective import critic_inputs, term_specs
 
 # Keys that must be > 0, with what a sensible value is.
 POSITIVE: Mapping[str, str] = {
@@ -96,6 +96,12 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         raise ConfigError(f"{missing[0]} is required (??? in its config); set it, e.g. {missing[0]}=<value>")
+    loss = OmegaConf.select(cfg, "loss", default=None)
+    try:  # the objective's own checks (a stage preset's loss.active, term keys), before any run folder exists
+        if loss is not None:
+            term_specs(OmegaConf.to_container(loss, resolve=True))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     metrics = OmegaConf.select(cfg, "metrics.benchmark.metrics", default=None)
     unknown = unknown_metrics_message(list(metrics)) if metrics is not None else None
     if unknown:
