@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dgggan_pl.methods import checkpoint_info
+from dgggan_pl.models.contract import SRGenerator
 from dgggan_pl.utils.atomic import atomic_path, unwritable_reason
 from dgggan_pl.weights import (
     CKPT_SUFFIX,
@@ -64,7 +65,7 @@ def _stage(step: int, text: str) -> float:
     return time.perf_counter()
 
 
-def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None) -> dict[str, float]:
+def export_onnx(generator: SRGenerator, path: str | Path, opset: int | None = None) -> dict[str, float]:
     """Export `generator` to `path` with dynamic batch/H/W, check it with onnxruntime, then move it in place.
 
     Prints a line per stage (export, save, check). Returns the max absolute difference to PyTorch per check
@@ -72,7 +73,7 @@ def export_onnx(generator: nn.Module, path: str | Path, opset: int | None = None
     x max |PyTorch output|).
     """
     path = Path(path)
-    wrapper = _OnnxGenerator(generator.cpu()).eval()
+    wrapper = _OnnxGenerator(generator.to("cpu")).eval()
     sample = torch.rand(ONNX_TRACE_SHAPE)
     batch = torch.export.Dim("batch", min=1)
     height, width = (torch.export.Dim(n, min=ONNX_MIN_SIZE) for n in ("height", "width"))

@@ -32,21 +32,16 @@ from dgggan_pl.data.io import (
     ImageReadError,
     list_images,
     other_files,
-    quantize_uint8,
     read_image,
     save_image,
-    to_float,
 )
-from dgggan_pl.models.generator import DGGGANGenerator
+from dgggan_pl.models.contract import SRGenerator
 from dgggan_pl.peers import PeerGenerator
-from dgggan_pl.tiling import estimate_memory, upscale_tiled
+from dgggan_pl.tiling import DEFAULT_TILE, estimate_memory, super_resolve
 from dgggan_pl.utils.atomic import remove_stale_temp_files, unwritable_reason
 from dgggan_pl.utils.exits import interruptible
 from dgggan_pl.weights import WeightsError, load_generator
 
-# LR pixels per HR-stage tile: 1.3 GiB peak RSS at C = 64, and fewer, larger ops than 64 (which is a little
-# faster on one thread but thread-bound on a busy 2-core box); figures in docs/inference.md.
-DEFAULT_TILE = 128
 OUTPUT_SUFFIX = ".png"  # lossless, whatever the input format
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 EXIT_FAILED_INPUTS = 1
@@ -210,9 +205,6 @@ def upscale_image(
     Tiled, each tile is rounded into the output as it is computed (no float HR image is held).
     """
     device = next(generator.parameters()).device
-    lr = to_float(image).unsqueeze(0)
-    if next(generator.parameters()).is_contiguous(memory_format=torch.channels_last):
-        lr = lr.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext()
 
     def progress(done: int, total: int) -> None:
@@ -222,9 +214,7 @@ def upscale_image(
             tile_bar.refresh()
 
     with autocast, torch.inference_mode():
-        if tile > 0:
-            return upscale_tiled(generator, lr, tile, overlap, progress=progress, to_uint8=True)[0]
-        return quantize_uint8(generator(lr.to(device)).sr[0]).cpu()
+        return super_resolve(generator, image, tile, overlap, progress=progress)
 
 
 def available_memory(meminfo: Path = MEMINFO) -> int | None:
@@ -248,7 +238,7 @@ class MemoryNeed(NamedTuple):
 
 
 def memory_needed(
-    generator: DGGGANGenerator, height: int, width: int, tile: int, overlap: int | None
+    generator: SRGenerator, height: int, width: int, tile: int, overlap: int | None
 ) -> MemoryNeed:
     """The LR maps, the uint8 output and Pillow's copy of it while the PNG is written, plus the tile working set
     where tiles run (`tiling.estimate_memory`)."""
@@ -268,7 +258,7 @@ def memory_needed(
 
 
 def check_memory(
-    generator: DGGGANGenerator, image: Tensor, *, tile: int, overlap: int | None, limit: int | None
+    generator: SRGenerator, image: Tensor, *, tile: int, overlap: int | None, limit: int | None
 ) -> None:
     """Raise `InsufficientMemoryError` (one line: need, limit, what to change) before a too-large input starts."""
     height, width = image.shape[-2:]
@@ -322,7 +312,7 @@ def _memory_limit(max_memory: float | None) -> int | None:
     return int(max_memory * GIB) if max_memory > 0 else None
 
 
-def run_jobs(jobs: Sequence[Job], generator: DGGGANGenerator, args: argparse.Namespace) -> list[Job]:
+def run_jobs(jobs: Sequence[Job], generator: SRGenerator, args: argparse.Namespace) -> list[Job]:
     """Upscale every job, skipping existing outputs unless --overwrite; returns the failed jobs."""
     failed: list[Job] = []
     half = HALF_DTYPES[args.half] if args.half else None
@@ -359,7 +349,7 @@ def run_jobs(jobs: Sequence[Job], generator: DGGGANGenerator, args: argparse.Nam
 
 def _upscale_file(
     job: Job,
-    generator: DGGGANGenerator,
+    generator: SRGenerator,
     args: argparse.Namespace,
     half: torch.dtype | None,
     limit: int | None,
