@@ -122,16 +122,23 @@ def dry_encode(generator: SRGenerator, run: Run = apply) -> LRFeatures:
 
 
 def lr_stage_radius(generator: SRGenerator) -> int:
-    """The widest receptive radius (LR pixels) among the local ops of `encode` (an EMSRB's: 4)."""
+    """The widest receptive radius (LR pixels) among the local ops of `encode` (an EMSRB's: 4).
+
+    Ops of the same function on modules of the same structure (equal `repr`, e.g. the 20 EMSRBs) and channel
+    counts are measured once: a radius depends on the architecture, not on the weights.
+    """
     device = next(generator.parameters()).device
-    radii = [0]
+    radii: dict[tuple, int] = {}
 
     def run(fn: TileFn, *inputs: Tensor) -> Tensor:
-        radii.append(receptive_radius(fn, inputs, device))
+        owner = getattr(fn, "__self__", fn)
+        key = (getattr(fn, "__func__", fn), repr(owner), tuple(x.shape[1] for x in inputs))
+        if key not in radii:
+            radii[key] = receptive_radius(fn, inputs, device)
         return fn(*inputs)
 
     dry_encode(generator, run)
-    return max(radii)
+    return max(radii.values(), default=0)
 
 
 def _decode_inputs(features: LRFeatures, lr: Tensor) -> list[Tensor]:
