@@ -53,7 +53,7 @@ stop_all() {
     # jobs still queued or running (a failed test's): cancel them, so that no job process outlives slurmd
     if [ -n "$DIR" ] && jobs=$(timeout 20 squeue --noheader --format=%A 2>/dev/null) && [ -n "$jobs" ]; then
         timeout 20 scancel $jobs 2>/dev/null || true
-        for _ in $(seq 60); do
+        for _ in $(seq 90); do
             [ -z "$(timeout 10 squeue --noheader --format=%A 2>/dev/null)" ] && break
             sleep 1
         done
@@ -112,6 +112,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 ReturnToService=2
+# SIGTERM to SIGKILL: one training batch plus writing last.ckpt, on a loaded 2-core machine (SLURM's default: 30)
+KillWait=60
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres

@@ -128,6 +128,11 @@ def test_queue_and_accounting_output_parsing() -> None:
     assert records["12_0"] == slurm_queue.Accounting("COMPLETED", 0, 41.0)
     assert records["12_1"] == slurm_queue.Accounting("CANCELLED", 128 + 15, 7.0)  # killed by SIGTERM
     assert records["13"].seconds is None
+    steps = slurm_queue.parse_sacct(
+        "9|CANCELLED by 0|0:0|23\n9.batch|CANCELLED|0:15|23\n9.0|FAILED|143:0|22\n"
+    )
+    assert slurm_queue.job_end("9", steps) == slurm_queue.Accounting("CANCELLED", 143, 23.0)  # step's status
+    assert slurm_queue.job_end("8", steps) is None
 
 
 def test_a_job_that_can_never_start_names_the_key_to_change() -> None:

@@ -141,10 +141,10 @@ def watch_status(sweep: Sweep, seen: list[str], stop: threading.Event) -> None:
 
 
 def requeue_case(root: Path, name: str, command: list[str]) -> dict[str, Any]:
-    """A 60-iteration job sent `command + [job id]` while fitting, requeued by SLURM, resumed; its run_info
+    """A 30-iteration job sent `command + [job id]` while fitting, requeued by SLURM, resumed; its run_info
     statuses on the way. timeout_min=60: submitit counts a USR2 as a time-out only near the limit (a
     preemption here)."""
-    overrides = ["iterations=60", "trainer.val_check_interval=20", "hydra.launcher.timeout_min=60"]
+    overrides = ["iterations=30", "trainer.val_check_interval=10", "hydra.launcher.timeout_min=60"]
     sweep = Sweep(root, name, ["ablation=no_se", *ONE_CPU, *overrides])
     sweep.wait_until(sweep.fitting, "the job starts fitting")
     time.sleep(2)  # inside the first batches
@@ -313,10 +313,10 @@ def _resumed_and_completed(case: dict[str, Any]) -> None:
     assert "requeued" in case["statuses"], case["statuses"]  # not `failed` while waiting (item 4)
     assert case["statuses"][-1] == "completed"
     job_dir = sweep.job_dir()
-    assert logged_iterations(job_dir) == list(range(1, 61))  # every iteration once, none lost (item 5)
+    assert logged_iterations(job_dir) == list(range(1, 31))  # every iteration once, none lost (item 5)
     assert [p.name for p in job_dir.glob("csv/version_*")] == ["version_0"]  # the same log continued
     info = json.loads((job_dir / "run_info.json").read_text())
-    assert info["checkpoints"]["last"]["iteration"] == 60
+    assert info["checkpoints"]["last"]["iteration"] == 30
 
 
 def test_scancel_usr2_resumes_and_completes(cases: dict[str, Future]) -> None:

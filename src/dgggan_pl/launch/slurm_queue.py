@@ -100,13 +100,24 @@ def parse_sacct(text: str) -> dict[str, Accounting]:
 
 
 def sacct(job_ids: Iterable[str], timeout_s: float = 30.0) -> dict[str, Accounting]:
-    """The accounting records of the listed jobs; {} on a cluster without accounting."""
+    """The accounting records of the listed jobs and their steps (`12_0`, `12_0.batch`, `12_0.0`); {} on a
+    cluster without accounting."""
     ids = array_ids(job_ids)
-    argv = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,ElapsedRaw", "-j", ",".join(ids)]
+    argv = ["sacct", "-n", "-P", "-o", "JobID,State,ExitCode,ElapsedRaw", "-j", ",".join(ids)]
     result = _run(argv, timeout_s)
     if result is None or result.returncode != 0:
         return {}
     return parse_sacct(result.stdout)
+
+
+def job_end(job_id: str, records: Mapping[str, Accounting]) -> Accounting | None:
+    """One job's end: its own record, with the exit status of its first failed step when the job's own says 0
+    (a cancelled job reads 0:0 while its srun step exited 143)."""
+    own = records.get(job_id)
+    if own is None:
+        return None
+    failed = [r.returncode for key, r in records.items() if key.startswith(f"{job_id}.") and r.returncode]
+    return Accounting(own.state, own.returncode or (failed[0] if failed else own.returncode), own.seconds)
 
 
 def was_cancelled(stderr_path: Path) -> bool:

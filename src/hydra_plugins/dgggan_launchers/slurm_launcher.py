@@ -308,7 +308,8 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
     def _fill_end(self, job: JobRecord, handle: Any, watch: SweepWatch, returncode: int | None) -> None:
         """`returncode` and `seconds` of an ended job: sacct's where accounting exists, else what the head saw
         (seconds from when squeue first showed it running, or from submission)."""
-        record = slurm_queue.sacct([str(handle.job_id)]).get(str(handle.job_id)) if self._accounting else None
+        job_id = str(handle.job_id)
+        record = slurm_queue.job_end(job_id, slurm_queue.sacct([job_id])) if self._accounting else None
         index = watch.jobs.index(job)
         started = watch.running_since.get(index, watch.submitted_at)
         job.seconds = round(time.monotonic() - started, 1)
