@@ -117,3 +117,41 @@ def test_prepared_data_takes_the_largest_crop_that_fits(tmp_path, data_dir) -> N
     with pytest.raises(ValueError, match="device_tree_mib"):
         prepare_data(data_dir, tmp_path / "data", spec, budget_bytes=int(0.01 * MIB))
     assert not (tmp_path / "data").exists()  # refused: nothing half-written is left to carry
+
+
+def test_phases_run_within_the_total_budget_and_failures_do_not_stop_the_rest(tmp_path, monkeypatch) -> None:
+    from dgggan_pl.gpu_check import cli
+    from dgggan_pl.gpu_check.phases import Check, MissingDataError
+
+    def broken(check: Check, spec: object) -> dict:
+        raise RuntimeError("only on a GPU")
+
+    def no_data(check: Check, spec: object) -> dict:
+        raise MissingDataError("no data folder")
+
+    phases = {
+        "broken": broken,
+        "no_data": no_data,
+        "fails": lambda check, spec: {"passed": False},
+        "fine": lambda check, spec: {"passed": True, "value": 1.5},
+        "too_long": lambda check, spec: {"passed": True},
+    }
+    monkeypatch.setattr(cli, "PHASES", phases)
+    settings = OmegaConf.create({"total_budget_s": 10, "fine": {"budget_s": 1}, "too_long": {"budget_s": 60}})
+    check = Check(settings, tmp_path, torch.device("cpu"), None, OmegaConf.create({}), True, 790.0)
+    results = cli.run_check(check, list(phases), {"device": NO_DEVICE})
+
+    status = {r["name"]: r["status"] for r in results}
+    assert status == {
+        "broken": "error",
+        "no_data": "skipped",
+        "fails": "failed",
+        "fine": "ok",
+        "too_long": "skipped",
+    }
+    by_name = {r["name"]: r for r in results}
+    assert "only on a GPU" in by_name["broken"]["reason"] and "RuntimeError" in by_name["broken"]["traceback"]
+    assert by_name["too_long"]["reason"].startswith("total budget")
+    report = json.loads((tmp_path / "gpu_check.json").read_text())  # written after every phase
+    assert [p["name"] for p in report["phases"]] == list(phases)
+    assert "| fine | pass | value 1.5 |" in (tmp_path / "gpu_check.md").read_text()

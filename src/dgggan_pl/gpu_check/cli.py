@@ -72,22 +72,16 @@ def run_check(check: Check, names: Sequence[str], header: dict[str, Any]) -> lis
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     for name in names:
-        spec = check.settings.get(name) or OmegaConf.create({})
+        budget = phase_budget(name, check.settings.get(name) or OmegaConf.create({}))
         elapsed = time.perf_counter() - start
-        if elapsed + phase_budget(name, spec) > total:
-            reason = f"total budget: {elapsed:.0f} s spent, its {phase_budget(name, spec):.0f} s would pass {total:.0f} s"
+        if elapsed + budget > total:
+            reason = f"total budget: {elapsed:.0f} s spent, its {budget:.0f} s would pass {total:.0f} s"
             results.append(
-                {
-                    "name": name,
-                    "status": "skipped",
-                    "reason": reason,
-                    "seconds": 0.0,
-                    "budget_s": phase_budget(name, spec),
-                }
+                {"name": name, "status": "skipped", "reason": reason, "seconds": 0.0, "budget_s": budget}
             )
-            continue
-        print(f"gpu_check: phase {name} (budget {phase_budget(name, spec):.0f} s)", flush=True)
-        results.append(run_phase(check, name))
+        else:
+            print(f"gpu_check: phase {name} (budget {budget:.0f} s)", flush=True)
+            results.append(run_phase(check, name))
         header["flops_per_iteration_tflop"] = (check.flops_per_iteration or 0) / 1e12 or None
         header["total_seconds"] = round(time.perf_counter() - start, 1)
         write_report(check.out, results, header)  # partial results survive a run killed at its limit
