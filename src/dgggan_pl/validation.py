@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -99,7 +99,7 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
     loss = OmegaConf.select(cfg, "loss", default=None)
     try:  # the objective's own checks (a stage preset's loss.active, term keys), before any run folder exists
         if loss is not None:
-            term_specs(OmegaConf.to_container(loss, resolve=True))
+            term_specs(cast(dict[str, Any], OmegaConf.to_container(loss, resolve=True)))
     except ValueError as error:
         raise ConfigError(str(error)) from error
     metrics = OmegaConf.select(cfg, "metrics.benchmark.metrics", default=None)
