@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch.utils._pytree import tree_leaves
 
 from dgggan_pl.models.contract import GeneratorOutput, LRFeatures, Run, apply
 from dgggan_pl.tiling import MemoryEstimate
-from dgggan_pl.weights import SAFETENSORS_SUFFIX, WeightsError, sidecar_path
+from dgggan_pl.weights import SAFETENSORS_SUFFIX, WeightsError, load_tensors_only, sidecar_path
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")  # what peers release; `.ckpt` is always a dgggan-pl training file
 PEER_SCALE = 4  # the paper's task: every row of Tables 3/4 and every `upscale` output is x4
@@ -76,18 +75,7 @@ def read_state_dict(path: Path) -> Mapping[str, Any]:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as error:
             raise PeerError(f"{_not_ours(path)}, nor a readable safetensors file ({error})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0]
-        raise PeerError(
-            f"{path}: refused to load: it pickles objects other than tensors and plain containers, which could "
-            f"run code (read with torch.load(weights_only=True); {reason})"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise PeerError(
-            f"{_not_ours(path)}, nor a readable PyTorch file ({type(error).__name__}: {error or 'empty'})"
-        ) from None
+    state = load_tensors_only(path, "cpu", PeerError, f"{_not_ours(path)}, nor a readable PyTorch file")
     if not isinstance(state, Mapping):
         raise PeerError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     return state

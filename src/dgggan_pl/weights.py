@@ -149,20 +149,25 @@ def load_state_dict_strict(
         )
 
 
+def load_tensors_only(path: Path, map_location: Any, error: type[WeightsError], unreadable: str) -> Any:
+    """`torch.load(weights_only=True)` with one-line errors: a pickle holding code is refused unrun."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as failure:
+        reason = str(failure).splitlines()[0]
+        raise error(
+            f"{path}: refused to load: it pickles objects other than tensors and plain containers, which could "
+            f"run code (read with torch.load(weights_only=True); {reason})"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as failure:
+        raise error(f"{unreadable} ({type(failure).__name__}: {failure or 'empty'})") from None
+
+
 def _read_lightning_checkpoint(path: Path, use_ema: bool | None, map_location: Any) -> tuple[dict, dict]:
     """-> (generator state dict without prefix, generator config) from a Lightning checkpoint."""
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"{path}: refused to load: the checkpoint contains objects other than tensors and plain containers, "
-            "which could run code when unpickled (loaded with torch.load(weights_only=True)). Only use "
-            f"checkpoints written by dgggan_pl training. Details: {error}"
-        ) from error
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise WeightsError(
-            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
-        ) from error
+    checkpoint = load_tensors_only(
+        path, map_location, WeightsError, f"{path}: not a readable PyTorch checkpoint"
+    )
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise WeightsError(f"{path}: not a Lightning checkpoint (no `state_dict` mapping)")
     state_dict = checkpoint["state_dict"]
