@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -155,3 +156,54 @@ def test_phases_run_within_the_total_budget_and_failures_do_not_stop_the_rest(tm
     report = json.loads((tmp_path / "gpu_check.json").read_text())  # written after every phase
     assert [p["name"] for p in report["phases"]] == list(phases)
     assert "| fine | pass | value 1.5 |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_device_profile_composes_every_training_as_specified(tmp_path, monkeypatch, data_dir) -> None:
+    """The device run cannot be rehearsed on a CPU, but its configs can: a typo must not cost device time."""
+    from dgggan_pl.config import compose_config
+    from dgggan_pl.gpu_check import phases
+
+    composed: dict[str, object] = {}
+    monkeypatch.setattr(phases, "_train", lambda cfg: composed.setdefault(cfg.paths.output_dir, cfg) and {})
+    monkeypatch.setattr(phases, "bicubic_psnr", lambda cfg: {})
+
+    cli_runs = []
+
+    def train_process(overrides: list[str], deadline: float) -> int:
+        cli_runs.append(compose_config(overrides))
+        return 0
+
+    monkeypatch.setattr(phases, "_train_process", train_process)
+    settings, spec, peak = load_settings(dry_run=False)
+    check = phases.Check(settings, tmp_path, torch.device("cpu"), data_dir, spec, False, peak)
+    for name in ("throughput", "host_syncs", "ddp", "learning_curve", "train_resume"):
+        phases.PHASES[name](check, settings[name])
+
+    configs = {Path(str(key)).name: cfg for key, cfg in composed.items()}
+    for cfg in [*configs.values(), *cli_runs]:
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.benchmark  # type: ignore[attr-defined]
+        assert cfg.metrics.lpips == "disabled" and cfg.data.num_workers == 8  # type: ignore[attr-defined]
+        assert cfg.data._target_.endswith("SRDataModule") and cfg.model.generator.channels == 64  # type: ignore[attr-defined]
+    full = configs["throughput_fp32"]
+    assert (full.data.batch_size, full.hr_patch_size, full.loss.terms.percept.loss.weights) == (
+        16,
+        192,
+        "random",
+    )
+    assert (
+        full.trainer.precision == "32-true" and configs["throughput_bf16"].trainer.precision == "bf16-mixed"
+    )
+    assert (
+        configs["throughput_compile"].compile
+        and "channels_last" in configs["throughput_bf16_channels_last"].callbacks
+    )
+    assert configs["ddp"].trainer.strategy == "ddp_step_sync" and configs["ddp"].trainer.devices == 1
+    curve = configs["learning_curve"]
+    assert curve.task_name == "pretrain" and curve.data.val_sets == ["Set5", "Set14"]
+    assert [Path(d).name for d in curve.data.train_source.hr_dirs] == [
+        "HR",
+        "HR",
+    ]  # whole sets: no crops here
+    killed, resumed = cli_runs
+    assert "kill" in killed.callbacks and "kill" not in resumed.callbacks and resumed.resume
+    assert killed.iterations == 30 and killed.trainer.limit_train_batches == 10  # debug=limit

@@ -140,7 +140,7 @@ def throughput(check: Check, spec: DictConfig) -> Figures:
     for name, variant in check.settings.throughput.variants.items():
         record, clock = _clock(check, f"throughput_{name}", variant.budget_s, spec.warmup)
         extra = [*clock, f"iterations={spec.iterations}", f"trainer.precision={variant.precision}"]
-        extra += ["trainer.limit_val_batches=0", "data.val_sets=[]", "data.test_sets=[]"]
+        extra += ["++trainer.limit_val_batches=0", "data.val_sets=[]", "data.test_sets=[]"]
         extra += ["callbacks.model_checkpoint=null", f"compile={str(variant.compile).lower()}"]
         if variant.channels_last:
             extra += _callback("channels_last", "ChannelsLast")
@@ -212,7 +212,7 @@ def host_syncs(check: Check, spec: DictConfig) -> Figures:
     record = check.out / "records" / "host_syncs.json"
     _, clock = _clock(check, "host_syncs_clock", spec.budget_s, spec.warmup)
     extra = [*clock, *_callback("sync_counter", "SyncCounter", path=record, warmup=spec.warmup)]
-    extra += [f"iterations={spec.iterations}", "trainer.precision=bf16-mixed", "trainer.limit_val_batches=0"]
+    extra += [f"iterations={spec.iterations}", "trainer.precision=bf16-mixed", "++trainer.limit_val_batches=0"]
     extra += ["data.val_sets=[]", "data.test_sets=[]", "callbacks.model_checkpoint=null"]
     _train(check.compose(*extra, folder="host_syncs"))
     return _read(record)
@@ -221,7 +221,7 @@ def host_syncs(check: Check, spec: DictConfig) -> Figures:
 def ddp(check: Check, spec: DictConfig) -> Figures:
     """A 1-process trainer=ddp run (NCCL on a GPU, gloo on the CPU) of a few iterations."""
     record, clock = _clock(check, "ddp", spec.budget_s, 1)
-    extra = [*spec.overrides, *clock, f"iterations={spec.iterations}", "trainer.limit_val_batches=0"]
+    extra = [*spec.overrides, *clock, f"iterations={spec.iterations}", "++trainer.limit_val_batches=0"]
     extra += ["data.val_sets=[]", "data.test_sets=[]", "callbacks.model_checkpoint=null"]
     try:
         _train(check.compose(*extra, folder="ddp"))
