@@ -212,7 +212,11 @@ def host_syncs(check: Check, spec: DictConfig) -> Figures:
     record = check.out / "records" / "host_syncs.json"
     _, clock = _clock(check, "host_syncs_clock", spec.budget_s, spec.warmup)
     extra = [*clock, *_callback("sync_counter", "SyncCounter", path=record, warmup=spec.warmup)]
-    extra += [f"iterations={spec.iterations}", "trainer.precision=bf16-mixed", "++trainer.limit_val_batches=0"]
+    extra += [
+        f"iterations={spec.iterations}",
+        "trainer.precision=bf16-mixed",
+        "++trainer.limit_val_batches=0",
+    ]
     extra += ["data.val_sets=[]", "data.test_sets=[]", "callbacks.model_checkpoint=null"]
     _train(check.compose(*extra, folder="host_syncs"))
     return _read(record)
