@@ -158,6 +158,7 @@ def test_phases_run_within_the_total_budget_and_failures_do_not_stop_the_rest(tm
     assert "| fine | pass | value 1.5 |" in (tmp_path / "gpu_check.md").read_text()
 
 
+@pytest.mark.slow  # about 9 s of composing; run it before spending device time (docs/gpu.md)
 def test_device_profile_composes_every_training_as_specified(tmp_path, monkeypatch, data_dir) -> None:
     """The device run cannot be rehearsed on a CPU, but its configs can: a typo must not cost device time."""
     from dgggan_pl.config import compose_config

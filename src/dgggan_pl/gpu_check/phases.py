@@ -136,6 +136,8 @@ def flops(check: Check, spec: DictConfig) -> Figures:
 
 def throughput(check: Check, spec: DictConfig) -> Figures:
     """Iterations/s, achieved TFLOP/s and peak memory of experiment=full per precision variant."""
+    if check.flops_per_iteration is None:  # `--only throughput`: the count takes seconds on the CPU
+        check.flops_per_iteration = iteration_flops(check.compose(folder="flops"))["iteration"]
     figures: Figures = {}
     for name, variant in check.settings.throughput.variants.items():
         record, clock = _clock(check, f"throughput_{name}", variant.budget_s, spec.warmup)
