@@ -116,6 +116,10 @@ def test_run_lock_refuses_a_live_owner_and_replaces_a_stale_one(tmp_path, caplog
 def test_a_new_run_refuses_a_folder_holding_another_run(compose, tmp_path, monkeypatch, capsys) -> None:
     refuse_finished_run(tmp_path, resuming=False)  # no record: a new run may start here
     (tmp_path / "run_info.json").write_text("{}")
+    with pytest.raises(RunFolderError, match=f"it saved no checkpoint to resume from: delete {tmp_path} to"):
+        refuse_finished_run(tmp_path, resuming=False)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(RunFolderError, match=f"continue it with resume={tmp_path}"):
         refuse_finished_run(tmp_path, resuming=False)
     refuse_finished_run(tmp_path, resuming=True)
@@ -184,26 +188,24 @@ def test_a_trainer_handler_defers_sigterm_to_lightning() -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "status", "line"),
-    [
-        (
-            SIGTERMException(),
-            143,
-            "train: stopped by SIGTERM; run_info.json says failed; continue with resume=",
-        ),
-        (Interrupted(signal.SIGINT), 130, "train: stopped by SIGINT (Ctrl+C); run_info.json says failed"),
-    ],
+    ("error", "status", "stopped_by"),
+    [(SIGTERMException(), 143, "SIGTERM"), (Interrupted(signal.SIGINT), 130, "SIGINT (Ctrl+C)")],
 )
-def test_train_exits_with_the_signal_status(error, status, line, tmp_path, monkeypatch, capsys) -> None:
+def test_train_exits_with_the_signal_status(error, status, stopped_by, tmp_path, monkeypatch, capsys) -> None:
     """Lightning's SIGTERMException is a SystemExit without a code: before, `train` exited 0 on SIGTERM."""
 
     def stopped(cfg):
         raise error
 
     monkeypatch.setattr(train, "train", stopped)
-    exit_info = _hydra_train(monkeypatch, tmp_path, [*SMOKE, *QUIET_HYDRA, f"hydra.run.dir={tmp_path / 'r'}"])
-    assert exit_info.code == status
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(line)
+    run_dir = tmp_path / "r"
+    expected = f"train: stopped by {stopped_by}; run_info.json says failed; "
+    for advice in ("no checkpoint was saved yet, so start it again", f"continue with resume={run_dir}"):
+        exit_info = _hydra_train(monkeypatch, tmp_path, [*SMOKE, *QUIET_HYDRA, f"hydra.run.dir={run_dir}"])
+        assert exit_info.code == status
+        assert capsys.readouterr().err.strip().splitlines()[-1] == expected + advice
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
 
 
 # 4. integer keys
@@ -351,8 +353,22 @@ def test_disk_full_says_whether_a_previous_checkpoint_exists(first, tmp_path, mo
     with pytest.raises(OSError) as caught:
         AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
     intact = "the previous last.ckpt is intact" in str(caught.value)
-    none_before = "no last.ckpt had been written before, so there is none to resume from" in str(caught.value)
-    assert (intact, none_before) == (not first, first)
+    none_before = f"no checkpoint had been saved in {tmp_path} before, so there is none to resume from"
+    assert (intact, none_before in str(caught.value)) == (not first, first)
+    if not first:  # a new best-<n>.ckpt fails to write: last.ckpt is what is left
+        with pytest.raises(OSError, match=r"; last\.ckpt is intact$"):
+            AtomicCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "best-2.ckpt")
+
+
+def test_train_reports_a_full_disk_in_one_line(tmp_path, monkeypatch) -> None:
+    message = "no space left on device while writing checkpoint c.ckpt: free space there; last.ckpt is intact"
+
+    def disk_full(cfg):
+        raise OSError(errno.ENOSPC, message)
+
+    monkeypatch.setattr(train, "train", disk_full)
+    exit_info = _hydra_train(monkeypatch, tmp_path, [*SMOKE, *QUIET_HYDRA, f"hydra.run.dir={tmp_path / 'r'}"])
+    assert exit_info.code == f"error: {message}"
 
 
 # 9. smaller ones

@@ -223,9 +223,13 @@ def refuse_finished_run(run_dir: Path, resuming: bool) -> None:
     would mix); resuming that run is what continues it."""
     record = Path(run_dir) / RUN_RECORD
     if record.is_file() and not resuming:
+        advice = (
+            f"continue it with resume={run_dir}"
+            if last_checkpoint(run_dir).is_file()
+            else f"it saved no checkpoint to resume from: delete {run_dir} to start over there"
+        )
         raise RunFolderError(
-            f"{run_dir} already holds a run ({RUN_RECORD}); continue it with resume={run_dir}, or start a new "
-            "run in another hydra.run.dir"
+            f"{run_dir} already holds a run ({RUN_RECORD}); {advice}, or start a new run in another hydra.run.dir"
         )
 
 

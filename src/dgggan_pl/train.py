@@ -9,6 +9,7 @@ so one failed job does not poison a Hydra multirun.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ from dgggan_pl.runs import (
     attempt_stamp,
     discard_refused_configs,
     discard_unused_run_dir,
+    last_checkpoint,
     raise_pending_resume_error,
     refuse_finished_run,
     register_resolvers,
@@ -354,8 +356,17 @@ def main(cfg: DictConfig) -> None:
         if not isinstance(cause, ConfigError | ResumeError | RunFolderError | ImageFolderError):
             raise
         raise SystemExit(f"error: {cause}") from None  # a bad value or path: one line, no traceback
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"error: {error.strerror}") from None  # disk full: what is left, where to go
     except BaseException as error:
-        advice = f"run_info.json says failed; continue with resume={cfg.paths.output_dir}"
+        run_dir = cfg.paths.output_dir
+        advice = "run_info.json says failed; " + (
+            f"continue with resume={run_dir}"
+            if last_checkpoint(run_dir).is_file()
+            else "no checkpoint was saved yet, so start it again"
+        )
         status = report_interruption(error, "train", advice)
         if status is None:
             raise

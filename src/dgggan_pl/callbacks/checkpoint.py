@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _WORST_SCORE = {"min": float("inf"), "max": float("-inf")}  # ModelCheckpoint's initial kth_value per mode
 IF_NONE_AVAILABLE = ("error", "latest")
+LAST_CHECKPOINT = "last.ckpt"  # ModelCheckpoint.CHECKPOINT_NAME_LAST + FILE_EXTENSION
 ITERATION = (
     "iteration"  # `{iteration}` in checkpoint file names (Lightning's `{step}` counts optimizer steps)
 )
@@ -40,6 +41,16 @@ def _out_of_space(error: BaseException) -> bool:
     return False
 
 
+def _what_is_intact(path: Path) -> str:
+    """What a failed write of `path` leaves to resume from, said before writing (for the disk-full message)."""
+    last = path.with_name(LAST_CHECKPOINT)
+    if path.is_file():
+        return f"the previous {path.name} is intact"
+    if last.is_file():
+        return f"{last.name} is intact"
+    return f"no checkpoint had been saved in {path.parent} before, so there is none to resume from"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`torch.save` to a temp file in the target folder, fsync, then `os.replace`.
 
@@ -52,17 +63,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        had_previous = Path(path).is_file()
+        state = _what_is_intact(Path(path))
         try:
             with atomic_open(path, "wb") as file:
                 torch.save(checkpoint, file)
         except Exception as error:
             if _out_of_space(error):
-                state = (
-                    f"the previous {Path(path).name} is intact"
-                    if had_previous
-                    else f"no {Path(path).name} had been written before, so there is none to resume from"
-                )
                 raise OSError(
                     errno.ENOSPC,
                     f"no space left on device while writing checkpoint {path}: free space there or point "
