@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.config import config_dir
 from dgggan_pl.gpu_check.data import MIB, prepare_data, tree_bytes
-from dgggan_pl.gpu_check.phases import PHASES, Check, MissingDataError
+from dgggan_pl.gpu_check.phases import PHASES, Check, MissingDataError, start_train_server
 from dgggan_pl.gpu_check.report import NO_DEVICE, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = data_dir.resolve() if data_dir is not None else None
     check = Check(settings, out, device, data_dir, data_spec, args.dry_run, peak)
     header = describe(device, args.dry_run, data_dir)
-    results = run_check(check, args.only or list(PHASES), header)
+    names = args.only or list(PHASES)
+    if "train_resume" in names:
+        start_train_server()
+    results = run_check(check, names, header)
     print(write_report(out, results, header), flush=True)
     return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import signal
 import sys
 import time
@@ -388,15 +389,20 @@ def train_resume(check: Check, spec: DictConfig) -> Figures:
     return figures
 
 
+def start_train_server() -> None:
+    """Start the fork server of `_train_process` now, so that its imports overlap the phases before train_resume."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["dgggan_pl.train"])
+    multiprocessing.forkserver.ensure_running()
+
+
 def _train_process(overrides: list[str], deadline: float) -> int:
     """`python -m dgggan_pl.train OVERRIDES`'s entry point in a fresh process; its exit code (-N: signal N).
 
     The process is forked from a fork server that imported `dgggan_pl.train` once (the second run starts without
     importing torch again) and that never touched CUDA, so the child may use the GPU.
     """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dgggan_pl.train"])
-    process = context.Process(target=_train_main, args=(overrides,))
+    start_train_server()
+    process = multiprocessing.get_context("forkserver").Process(target=_train_main, args=(overrides,))
     process.start()
     process.join(max(deadline - time.perf_counter(), 1.0))
     if process.exitcode is None:
