@@ -38,8 +38,8 @@ def load_settings(dry_run: bool) -> tuple[DictConfig, DictConfig, float]:
 
 
 def default_source() -> Path:
-    """The shared data folder: $DGGGAN_DATA_DIR, else ../shared/data beside the checkout."""
-    return Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    """The data folder as `paths.data_dir` resolves it: $DGGGAN_DATA_DIR, else `data/` in the checkout."""
+    return Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT / "data"))
 
 
 def phase_budget(name: str, spec: DictConfig) -> float:
