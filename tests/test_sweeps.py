@@ -227,13 +227,14 @@ def test_mission_command_and_report_with_a_baseline(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    """hydra/launcher=slurm_local with timeout_min=1: submitit signals USR2 5 s before the limit, the job saves
+    """hydra/launcher=slurm_local with timeout_min=1: submitit signals USR2 15 s before the limit (the job must
+    finish a batch, log it and exit within that: the local executor kills it at the limit), the job saves
     last.ckpt at the next batch end and is requeued with ckpt_path=last; it continues the iteration count
     (Lightning restores that checkpoint) and finishes with every iteration done exactly once.
 
     Paced to >= 0.25 s per iteration (about 60 s of training): on an idle machine the first attempt is
-    signalled after ~45 s of it. A job still unpickling when signalled dies (submitit installs its handler
-    only after loading), so a machine must start a job in well under 55 s for this test.
+    signalled after ~35 s of it. A job still unpickling when signalled dies (submitit installs its handler
+    only after loading), so a machine must start a job in well under 45 s for this test.
     """
     iterations = 240
     proc = _train(
@@ -246,7 +247,7 @@ def test_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
         f"trainer.val_check_interval={iterations}",
         "+callbacks.pace={_target_:test_sweeps.Pace,seconds:0.25}",
         "hydra.launcher.timeout_min=1",
-        "hydra.launcher.signal_delay_s=5",
+        "hydra.launcher.signal_delay_s=15",
         "hydra.launcher.max_num_timeout=8",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

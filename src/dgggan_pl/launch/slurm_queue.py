@@ -190,12 +190,12 @@ def accounting_enabled(timeout_s: float = 30.0) -> bool:
 
 
 def this_job_requeued(timeout_s: float = 10.0) -> bool:
-    """Inside a SLURM job: whether SLURM is requeueing it (scontrol requeue, preemption, submitit's requeue)
+    """Inside a job: whether SLURM is requeueing it (scontrol requeue, preemption, submitit's requeue)
     rather than ending it (scancel). A requeue counts up the job's `Restarts` past this run's
     SLURM_RESTART_COUNT; both read the same while the job is being cancelled."""
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
-        return False
+        return True  # no SLURM to ask (submitit's local executor): its requeue stands
     result = _run(["scontrol", "show", "job", "--oneliner", job_id], timeout_s)
     if result is None or result.returncode != 0:
         return False

@@ -5,8 +5,10 @@ one task per GPU, and Lightning's `SLURMEnvironment` reads the ranks from SLURM.
 `trainer.num_nodes`/`trainer.devices` are set from the same launcher keys (so the two can never disagree),
 only rank 0 writes `.hydra/`, one W&B group per sweep, a `sweep_summary.json` written at submission (job ids,
 folders) and after each collected job, a sweep-level error naming every failed job, as `hydra/launcher=ddp`
-does; and a timed-out or preempted job saves last.ckpt and resumes from it when requeued
-(`dgggan_pl.launch.requeue`).
+does; and a timed-out, preempted or requeued job saves last.ckpt and resumes from it
+(`dgggan_pl.launch.requeue`). `gpus_per_node: auto` asks for no GPUs for a CPU trainer; the head watches
+squeue (`dgggan_pl.launch.slurm_queue`) so that a job cancelled or lost without accounting, or pending for a
+reason that cannot clear, ends the wait instead of hanging it (docs/sweeps.md, SLURM).
 """
 
 from __future__ import annotations
