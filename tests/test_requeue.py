@@ -20,6 +20,7 @@ from dgggan_pl.launch.requeue import (
     RequeueCheckpoint,
     exit_code_after_stop,
     install_deferred_handler,
+    requeue_left_to_slurm,
     requeue_reason,
     resume_overrides,
 )
@@ -125,6 +126,7 @@ def test_the_checkpoint_batch_keeps_its_metrics_row(tmp_path: Path, submitit_han
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
     assert _logged_steps(tmp_path) == list(range(8))  # steps 0..7: the checkpoint batch (7) included
     assert requeue_reason() == "SIGUSR2 received; last.ckpt at optimizer step 8"
+    assert not requeue_left_to_slurm()  # submitit requeued it: run_info says requeued without asking SLURM
 
 
 class _SubmititHandler:
@@ -163,6 +165,7 @@ def test_sigterm_in_a_slurm_job_saves_last_and_writes_the_resume_arguments(tmp_p
         assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
         assert exit_code_after_stop() == 128 + signal.SIGTERM
         assert requeue_reason() == "SIGTERM received; last.ckpt at optimizer step 6"
+        assert requeue_left_to_slurm()  # requeue or scancel: run_info asks SLURM which
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)

@@ -18,7 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.launch import slurm_queue
-from dgggan_pl.launch.requeue import requeue_reason
+from dgggan_pl.launch.requeue import requeue_left_to_slurm, requeue_reason
 from dgggan_pl.utils.atomic import write_json_atomic
 
 RUN_INFO_FILE = "run_info.json"
@@ -125,7 +125,7 @@ class RunRecord:
         """A failed attempt, or one that ends to be requeued by SLURM (`requeued`: it resumes from last.ckpt)."""
         message = "".join(traceback.format_exception_only(type(error), error)).strip()
         requeue = requeue_reason()
-        if requeue is not None and slurm_queue.this_job_requeued():
+        if requeue is not None and (not requeue_left_to_slurm() or slurm_queue.this_job_requeued()):
             self.data |= {
                 "status": REQUEUED,
                 "finished": _now(),

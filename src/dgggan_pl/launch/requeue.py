@@ -154,6 +154,12 @@ def requeue_reason() -> str | None:
     return _Deferred.requeued
 
 
+def requeue_left_to_slurm() -> bool:
+    """Whether SLURM, not submitit, requeues this job (after SIGTERM: `scontrol requeue` or preemption, unless it
+    was scancel): the run record then asks SLURM which it was. After USR2 submitit has requeued it already."""
+    return _Deferred.requeued is not None and _Deferred.requeued.startswith(signal.Signals.SIGTERM.name)
+
+
 def exit_code_after_stop() -> int | None:
     """128 + SIGTERM when this job received SIGTERM (its exit must not read as success), else None."""
     return 128 + _Deferred.stop_signal if _Deferred.stop_signal is not None else None

@@ -196,8 +196,13 @@ def this_job_requeued(timeout_s: float = 10.0) -> bool:
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         return True  # no SLURM to ask (submitit's local executor): its requeue stands
-    result = _run(["scontrol", "show", "job", "--oneliner", job_id], timeout_s)
+    for _ in range(3):  # slurmctld may be busy requeueing: ask again before concluding
+        result = _run(["scontrol", "show", "job", "--oneliner", job_id], timeout_s)
+        if result is not None and result.returncode == 0:
+            break
+        time.sleep(1)
     if result is None or result.returncode != 0:
+        log.warning(f"scontrol show job {job_id} failed: cannot tell a requeue from a cancellation")
         return False
     # `scontrol show job <id>` of an array's first task lists every task of the array, one line each
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith(f"JobId={job_id} ")), "")
