@@ -189,3 +189,18 @@ def test_requeued_overrides_resume_from_last_once_it_exists() -> None:
         "ckpt_path=last",
     ]
     assert resume_overrides(["resume=latest"], has_last_checkpoint=True) == ["ckpt_path=last"]
+
+
+def test_recorded_status_reads_the_run_record_for_the_interruption_line(tmp_path):
+    """train's one line after SIGTERM says what run_info.json holds: `requeued` inside SLURM, not `failed`."""
+    import json
+
+    from dgggan_pl.runs import recorded_status
+
+    assert recorded_status(tmp_path) == "unknown"
+    (tmp_path / "run_info.json").write_text("{not json")
+    assert recorded_status(tmp_path) == "unknown"
+    (tmp_path / "run_info.json").write_text(json.dumps({"status": "requeued"}))
+    assert recorded_status(tmp_path) == "requeued"
+    (tmp_path / "run_info.json").write_text(json.dumps({"status": "failed"}))
+    assert recorded_status(tmp_path) == "failed"

@@ -45,6 +45,15 @@ def attempt_stamp() -> str:
     return datetime.now(timezone.utc).strftime(_STAMP_FORMAT)
 
 
+def recorded_status(run_dir: str | os.PathLike) -> str:
+    """The status `run_info.json` holds (`failed`, `requeued`, ...), or `unknown` when it is absent or unreadable."""
+    try:
+        status = json.loads((Path(run_dir) / RUN_RECORD).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return str(status) if status else "unknown"
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO, MonitorFallbackCheckpoint
 from dgggan_pl.callbacks.iteration import IterationAxis
-from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
+from dgggan_pl.callbacks.run_info import REQUEUED, RankRecord, RunRecord
 from dgggan_pl.complexity import count_parameters
 from dgggan_pl.config import config_dir
 from dgggan_pl.data.datamodule import SRDataModule, per_process_batch
@@ -48,6 +48,7 @@ from dgggan_pl.runs import (
     discard_unused_run_dir,
     last_checkpoint,
     raise_pending_resume_error,
+    recorded_status,
     refuse_finished_run,
     register_resolvers,
     remove_stale_temp_files,
@@ -362,15 +363,18 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: {error.strerror}") from None  # disk full: what is left, where to go
     except BaseException as error:
         run_dir = cfg.paths.output_dir
-        advice = "run_info.json says failed; " + (
-            f"continue with resume={run_dir}"
-            if last_checkpoint(run_dir).is_file()
-            else "no checkpoint was saved yet, so start it again"
-        )
-        status = report_interruption(error, "train", advice)
-        if status is None:
+        if recorded_status(run_dir) == REQUEUED:  # SIGTERM inside SLURM (scontrol requeue, preemption)
+            advice = "run_info.json says requeued: SLURM restarts the job from its last.ckpt"
+        else:
+            advice = "run_info.json says failed; " + (
+                f"continue with resume={run_dir}"
+                if last_checkpoint(run_dir).is_file()
+                else "no checkpoint was saved yet, so start it again"
+            )
+        exit_status = report_interruption(error, "train", advice)
+        if exit_status is None:
             raise
-        raise SystemExit(status) from None
+        raise SystemExit(exit_status) from None
 
 
 if __name__ == "__main__":
