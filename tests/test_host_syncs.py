@@ -18,13 +18,11 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 from torch import Tensor
 
 from dgggan_pl.module import DGGGANModule
-from dgggan_pl.objective import optimizer_steps
-from test_module import loader
+from test_module import fit
 
 # Tensor methods that hand a device value to the host.
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -88,16 +86,7 @@ def train_counting(compose, monkeypatch, overrides: list[str], iterations: int) 
     parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "optim")}
     module = CountingModule(**parts, metrics=None, seed=0)
     module.counter = SyncCounter(monkeypatch)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=optimizer_steps(iterations, module.hparams.optim, module.hparams.loss),
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, train_dataloaders=loader(iterations))
+    fit(module, iterations)
     assert module.iteration == iterations
     return module
 
