@@ -32,7 +32,7 @@ REFUSED_PREFIX = "refused-"
 RUN_DIR_RESOLVER = "dgggan_run_dir"
 CONFIG_SUBDIR_RESOLVER = "dgggan_config_subdir"
 LOCK_FILE = ".run.lock"
-RUN_RECORD = "run_info.json"  # dgggan_pl.callbacks.run_info writes it; here only its presence matters
+RUN_RECORD = "run_info.json"  # written by dgggan_pl.callbacks.run_info
 _STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 
@@ -45,13 +45,17 @@ def attempt_stamp() -> str:
     return datetime.now(timezone.utc).strftime(_STAMP_FORMAT)
 
 
+def read_status(path: Path) -> str | None:
+    """The `status` of an existing run record (None if absent or unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def recorded_status(run_dir: str | os.PathLike) -> str:
     """The status `run_info.json` holds (`failed`, `requeued`, ...), or `unknown` when it is absent or unreadable."""
-    try:
-        status = json.loads((Path(run_dir) / RUN_RECORD).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
-    return str(status) if status else "unknown"
+    return str(read_status(Path(run_dir) / RUN_RECORD) or "unknown")
 
 
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:

@@ -55,7 +55,7 @@ from dgggan_pl.runs import (
     resolve_ckpt_path,
 )
 from dgggan_pl.utils.atomic import write_text_atomic
-from dgggan_pl.utils.exits import exit_on_signals, report_interruption
+from dgggan_pl.utils.exits import exit_on_signals, exit_status, report_interruption
 from dgggan_pl.utils.noise import silence_dependency_noise
 from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config, random_gan_start
 from dgggan_pl.weights import load_generator, load_state_dict_strict
@@ -88,7 +88,7 @@ def unavailable_metrics(metrics_cfg: DictConfig | None) -> dict[str, str]:
         return dict.fromkeys(METRICS, "no metrics configured (metrics=null)")
     benchmark = instantiate(metrics_cfg.benchmark)()
     reasons = dict(benchmark.unavailable)
-    computed = set(benchmark.scores) | ({"pi"} if benchmark.want_pi and "pi" not in reasons else set())
+    computed = set(benchmark.scores) | set(benchmark.derived)
     for metric in METRICS:
         if metric in computed or metric in reasons:
             continue
@@ -362,6 +362,8 @@ def main(cfg: DictConfig) -> None:
             raise
         raise SystemExit(f"error: {error.strerror}") from None  # disk full: what is left, where to go
     except BaseException as error:
+        if exit_status(error) is None:
+            raise
         run_dir = cfg.paths.output_dir
         if recorded_status(run_dir) == REQUEUED:  # SIGTERM inside SLURM (scontrol requeue, preemption)
             advice = "run_info.json says requeued: SLURM restarts the job from its last.ckpt"
@@ -371,10 +373,7 @@ def main(cfg: DictConfig) -> None:
                 if last_checkpoint(run_dir).is_file()
                 else "no checkpoint was saved yet, so start it again"
             )
-        exit_status = report_interruption(error, "train", advice)
-        if exit_status is None:
-            raise
-        raise SystemExit(exit_status) from None
+        raise SystemExit(report_interruption(error, "train", advice)) from None
 
 
 if __name__ == "__main__":

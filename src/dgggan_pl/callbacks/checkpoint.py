@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dgggan_pl.callbacks.iteration import iterations_done
+from dgggan_pl.runs import LAST_CHECKPOINT
 from dgggan_pl.utils.atomic import atomic_open
 from dgggan_pl.validation import ConfigError
 
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 _WORST_SCORE = {"min": float("inf"), "max": float("-inf")}  # ModelCheckpoint's initial kth_value per mode
 IF_NONE_AVAILABLE = ("error", "latest")
-LAST_CHECKPOINT = "last.ckpt"  # ModelCheckpoint.CHECKPOINT_NAME_LAST + FILE_EXTENSION
 ITERATION = (
     "iteration"  # `{iteration}` in checkpoint file names (Lightning's `{step}` counts optimizer steps)
 )

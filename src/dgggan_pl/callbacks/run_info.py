@@ -6,7 +6,6 @@ Sweeps and the report read these instead of scraping logs; they are written atom
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import traceback
 from datetime import datetime, timezone
@@ -19,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.launch import slurm_queue
 from dgggan_pl.launch.requeue import requeue_left_to_slurm, requeue_reason
+from dgggan_pl.runs import RUN_RECORD, read_status
 from dgggan_pl.utils.atomic import write_json_atomic
 
-RUN_INFO_FILE = "run_info.json"
+RUN_INFO_FILE = RUN_RECORD
 RANK_DIR = "ranks"
 COMPLETED = "completed"
 REQUEUED = "requeued"  # a SLURM job that saved last.ckpt and waits to resume from it (report: incomplete)
@@ -56,14 +56,6 @@ def git_revision() -> str | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def read_status(path: Path) -> str | None:
-    """The `status` of an existing run record (None if absent or unreadable)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 class RunRecord:

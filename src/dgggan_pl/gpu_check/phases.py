@@ -30,6 +30,15 @@ from dgggan_pl.gpu_check.flops import iteration_flops
 Figures = dict[str, Any]
 
 
+# Training phases that measure training only: no validation, test or checkpoints.
+NO_EVAL = [
+    "++trainer.limit_val_batches=0",
+    "data.val_sets=[]",
+    "data.test_sets=[]",
+    "callbacks.model_checkpoint=null",
+]
+
+
 class MissingDataError(FileNotFoundError):
     """A phase needs a file of the data folder that this run does not have: the phase is skipped, not failed."""
 
@@ -143,8 +152,7 @@ def throughput(check: Check, spec: DictConfig) -> Figures:
     for name, variant in check.settings.throughput.variants.items():
         record, clock = _clock(check, f"throughput_{name}", variant.budget_s, spec.warmup)
         extra = [*clock, f"iterations={spec.iterations}", f"trainer.precision={variant.precision}"]
-        extra += ["++trainer.limit_val_batches=0", "data.val_sets=[]", "data.test_sets=[]"]
-        extra += ["callbacks.model_checkpoint=null", f"compile={str(variant.compile).lower()}"]
+        extra += [*NO_EVAL, f"compile={str(variant.compile).lower()}"]
         if variant.channels_last:
             extra += _callback("channels_last", "ChannelsLast")
         _release_memory()  # the previous variant's module and optimizer states must not count in this peak
@@ -215,12 +223,7 @@ def host_syncs(check: Check, spec: DictConfig) -> Figures:
     record = check.out / "records" / "host_syncs.json"
     _, clock = _clock(check, "host_syncs_clock", spec.budget_s, spec.warmup)
     extra = [*clock, *_callback("sync_counter", "SyncCounter", path=record, warmup=spec.warmup)]
-    extra += [
-        f"iterations={spec.iterations}",
-        "trainer.precision=bf16-mixed",
-        "++trainer.limit_val_batches=0",
-    ]
-    extra += ["data.val_sets=[]", "data.test_sets=[]", "callbacks.model_checkpoint=null"]
+    extra += [f"iterations={spec.iterations}", "trainer.precision=bf16-mixed", *NO_EVAL]
     _train(check.compose(*extra, folder="host_syncs"))
     return _read(record)
 
@@ -228,8 +231,7 @@ def host_syncs(check: Check, spec: DictConfig) -> Figures:
 def ddp(check: Check, spec: DictConfig) -> Figures:
     """A 1-process trainer=ddp run (NCCL on a GPU, gloo on the CPU) of a few iterations."""
     record, clock = _clock(check, "ddp", spec.budget_s, 1)
-    extra = [*spec.overrides, *clock, f"iterations={spec.iterations}", "++trainer.limit_val_batches=0"]
-    extra += ["data.val_sets=[]", "data.test_sets=[]", "callbacks.model_checkpoint=null"]
+    extra = [*spec.overrides, *clock, f"iterations={spec.iterations}", *NO_EVAL]
     try:
         _train(check.compose(*extra, folder="ddp"))
     finally:
@@ -251,7 +253,7 @@ def validation(check: Check, spec: DictConfig) -> Figures:
     extra = ["metrics.benchmark.metrics=[psnr,ssim,niqe]", f"metrics.niqe_search_paths=[{niqe or ''}]"]
     cfg = check.compose(*extra, folder="validation")
     dataset = BenchmarkDataset(Path(cfg.paths.benchmark_dir) / spec.set, scale=int(cfg.scale))
-    item = next(dataset[i] for i in range(len(dataset)) if dataset[i]["name"] == spec.image)
+    item = dataset[next(i for i, path in enumerate(dataset.hr_paths) if path.stem == spec.image)]
     lr, hr = cast(Tensor, item["lr"])[None], cast(Tensor, item["hr"])[None]
     torch.manual_seed(int(cfg.seed))
     generator = instantiate(cfg.model.generator).eval()
@@ -420,9 +422,9 @@ def _train_main(overrides: list[str]) -> None:
 
 
 def _checkpoint_iteration(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=True)["dgggan"]["iteration"])
+    from dgggan_pl.methods import checkpoint_info
+
+    return checkpoint_info(path)[0] if path.is_file() else None
 
 
 # In this order: the learning curve before upscale (which upscales with its weights), the longest phases where a

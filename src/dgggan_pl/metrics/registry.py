@@ -36,6 +36,7 @@ from dgggan_pl.metrics.perceptual import (
     MaScore,
     build_lpips,
     build_nrqm,
+    lpips_key,
 )
 
 TABLE3 = "table3_psnr_ssim"  # evaluate's Table 3 (fidelity)
@@ -274,10 +275,6 @@ def perceptual_index(ma: float, niqe: float) -> float:
     return ((PI_MA_OFFSET - ma) + niqe) / 2
 
 
-def _lpips_key(settings: MetricSettings) -> str:
-    return LPIPS_RANDOM_KEY if settings.lpips == "random" else LPIPS_KEY
-
-
 for _spec in (
     MetricSpec(
         "psnr",
@@ -303,7 +300,7 @@ for _spec in (
         4,
         placements=(Placement(TABLE4, 1),),
         build=_lpips,
-        logged_as=_lpips_key,
+        logged_as=lambda settings: lpips_key(settings.lpips),
     ),
     MetricSpec(
         LPIPS_RANDOM_KEY,

@@ -134,7 +134,6 @@ class BenchmarkMetrics(nn.Module):
             download,
             options,
         )
-        self.crop_border = crop_border
         self.unavailable: dict[str, str] = {}
         self.scores = nn.ModuleDict()
         self._names: dict[int, str] = {}
@@ -160,11 +159,6 @@ class BenchmarkMetrics(nn.Module):
         except MetricUnavailable as reason:
             self.unavailable[key] = reason.reason
         return False
-
-    @property
-    def want_pi(self) -> bool:
-        """Whether PI was requested (available or not)."""
-        return "pi" in self.derived or "pi" in self.unavailable
 
     def _with_derived(self, values: dict[str, float]) -> dict[str, float]:
         for key in self.derived:
