@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dgggan_pl.models.gradient import autocast_on
+
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     """Size-preserving 3x3 convolution."""
@@ -37,7 +39,7 @@ def outside_autocast(layer: nn.Module, x: Tensor) -> Tensor:
     map) would be rounded to bf16 steps of 2^-9..2^-8, coarser than 8-bit pixels near 1, and every
     gradient map of it (eq. 7's mu term, the gradient critic) would see that staircase instead of the image.
     """
-    if x.device.type == "meta" or not torch.is_autocast_enabled(x.device.type):  # meta: shape-only runs
+    if not autocast_on(x):
         return layer(x)
     dtype = next(layer.parameters()).dtype
     with torch.autocast(device_type=x.device.type, enabled=False):

@@ -15,6 +15,11 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 DEFAULT_EPS = 1e-6  # docs/design.md#gradient-operator: sqrt(gx^2 + gy^2 + 1e-6), as SPSR; keeps sqrt differentiable at 0
 
 
+def autocast_on(x: Tensor) -> bool:
+    """Whether autocast is on for `x`'s device (never on meta: shape-only runs have no autocast state)."""
+    return x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
+
+
 def gradient_magnitude(x: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """Per-channel gradient magnitude with the fixed kernels [1, 0, -1] and its transpose.
 
@@ -33,9 +38,8 @@ def gradient_magnitude(x: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """
     if x.dim() != 4:
         raise ValueError(f"gradient_magnitude expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    on_meta = x.device.type == "meta"  # shape-only runs (GFLOPs) have no autocast state to read or switch
-    autocast = not on_meta and torch.is_autocast_enabled(x.device.type)
-    with nullcontext() if on_meta else torch.autocast(device_type=x.device.type, enabled=False):
+    autocast = autocast_on(x)
+    with torch.autocast(device_type=x.device.type, enabled=False) if autocast else nullcontext():
         wide = x.float() if x.dtype in LOW_PRECISION else x
         padded = F.pad(wide, (1, 1, 1, 1))
         grad_x = padded[:, :, 1:-1, :-2] - padded[:, :, 1:-1, 2:]
