@@ -176,14 +176,23 @@ def _check_output_outside(source: Path, target: Path) -> None:
         )
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+def _file_identities(path: Path) -> list[object]:
+    """What makes two paths the same file: the resolved path and, for an existing file, (device, inode)."""
+    identities: list[object] = [path.resolve()]
+    if path.exists():
+        status = path.stat()
+        identities.append((status.st_dev, status.st_ino))
+    return identities
 
 
 def check_inputs_kept(jobs: Sequence[Job]) -> None:
-    """Refuse, before any work, an output path that is an input file (even with --overwrite)."""
+    """Refuse, before any work, an output path that is an input file (even with --overwrite).
+
+    Each input's identities are collected once, so a folder of N images costs N look-ups, not N x N.
+    """
+    inputs = {identity: job.source for job in jobs for identity in _file_identities(job.source)}
     for job in jobs:
-        clash = next((other.source for other in jobs if _same_file(job.target, other.source)), None)
+        clash = next((inputs[i] for i in _file_identities(job.target) if i in inputs), None)
         if clash is not None:
             raise ValueError(
                 f"the output {job.target} is the input {clash}: writing it would destroy the input; "
