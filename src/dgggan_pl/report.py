@@ -237,7 +237,8 @@ def table2(
 ) -> tuple[list[str], list[list[str]]]:
     """Markdown lines and CSV rows of Table 2: PI (and NIQE, PSNR) on `set_name`, params and GFLOPs."""
     show_variant = len({row.variant for row in rows}) > 1
-    titles = [title for _, title, _ in report_metrics()]
+    metrics = report_metrics()
+    titles = [title for _, title, _ in metrics]
     header = [
         "SE block",
         *titles,
@@ -254,15 +255,14 @@ def table2(
             "status",
             "checkpoint",
             "set",
-            *[m for m, _, _ in report_metrics()],
+            *[m for m, _, _ in metrics],
             "params",
             "gflops",
         ]
     ]
     for row, cost in zip(rows, complexity, strict=True):
         cells = [
-            metric_cell(row, metric_key(set_name, metric), decimals, role)
-            for metric, _, decimals in report_metrics()
+            metric_cell(row, metric_key(set_name, metric), decimals, role) for metric, _, decimals in metrics
         ]
         mark = COMPOSED_MARK if cost is not None and cost.composed else ""
         cost_text = [f"{cost.params:,}{mark}", f"{cost.gflops:.3f}{mark}"] if cost else ["n/a", "n/a"]
