@@ -24,13 +24,14 @@ from PIL import Image
 
 from dgggan_pl import prepare, train, upscale
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
+from dgggan_pl.config import ConfigError
+from dgggan_pl.config_checks import check_config
 from dgggan_pl.data import io
 from dgggan_pl.data.datasets import FolderPairs, InMemoryFolders, match_lr_files
 from dgggan_pl.data.io import ImageFolderError, list_images, read_image
 from dgggan_pl.report import main as report_main
 from dgggan_pl.runs import LOCK_FILE, RunFolderError, RunLock, discard_unused_run_dir, refuse_finished_run
 from dgggan_pl.utils.exits import Interrupted, exit_on_signals, interruptible
-from dgggan_pl.validation import ConfigError, check_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -381,8 +381,8 @@ def test_batch_size_is_global_and_split_over_processes(sample_cfg: DictConfig) -
     """data.batch_size=4 on 2 processes: 2 crops per process per iteration, 4 in all (the paper's batch)."""
     from types import SimpleNamespace
 
+    from dgggan_pl.config import ConfigError
     from dgggan_pl.data.datamodule import per_process_batch
-    from dgggan_pl.validation import ConfigError
 
     batches = []
     for rank in (0, 1):

@@ -69,7 +69,8 @@ def test_training_on_a_folder_of_your_own_photos(compose, tmp_path) -> None:
     from PIL import Image
     from skimage import data as skdata
 
-    from dgggan_pl.validation import ConfigError, check_config
+    from dgggan_pl.config import ConfigError
+    from dgggan_pl.config_checks import check_config
 
     photos = tmp_path / "photos"
     photos.mkdir()

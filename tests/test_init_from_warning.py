@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from dgggan_pl.config import config_dir
+from dgggan_pl.config_checks import RANDOM_GAN_START, explicitly_null, random_gan_start
 from dgggan_pl.train import warn_random_gan_start
-from dgggan_pl.validation import RANDOM_GAN_START, explicitly_null, random_gan_start
 
 
 @pytest.mark.parametrize(

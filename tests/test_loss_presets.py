@@ -76,7 +76,8 @@ def test_an_override_outside_the_stage_is_refused_not_ignored() -> None:
 
 def test_the_refusal_comes_before_the_run_starts() -> None:
     """train's check_config turns it into its one-line error (exit 1, no traceback, no run folder written)."""
-    from dgggan_pl.validation import ConfigError, check_config
+    from dgggan_pl.config import ConfigError
+    from dgggan_pl.config_checks import check_config
 
     with pytest.raises(ConfigError, match=r"^loss.terms.grad_img.weight=0.01 but loss.active=") as error:
         check_config(compose_config(["experiment=pretrain", "loss.terms.grad_img.weight=0.01"]))

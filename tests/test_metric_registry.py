@@ -18,13 +18,13 @@ from omegaconf import OmegaConf, open_dict
 
 from dgggan_pl.callbacks.metric_history import MetricHistory
 from dgggan_pl.callbacks.wandb_metrics import WandbMetrics
-from dgggan_pl.config import compose_config
+from dgggan_pl.config import ConfigError, compose_config
+from dgggan_pl.config_checks import check_config
 from dgggan_pl.figures import make_figures, metric_lines
 from dgggan_pl.metrics.per_image import PerImageMetric
 from dgggan_pl.metrics.registry import REPORT, TABLE4, MetricSpec, Placement, register, unregister
 from dgggan_pl.module import DGGGANModule
 from dgggan_pl.report import build_report
-from dgggan_pl.validation import ConfigError, check_config
 from test_report import _job
 
 KNOWN = "known metrics: psnr, ssim, lpips, niqe, ma, pi"

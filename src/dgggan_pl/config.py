@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONFIG_DIR_ENV = "DGGGAN_CONFIG_DIR"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot mean what it says; the message names the key and the fix.
+
+    Lives here, at the bottom of the package, so that data, callbacks and entry points can raise it without
+    importing the config checks (`dgggan_pl.config_checks`) or Hydra.
+    """
 
 
 def config_dir() -> Path:
@@ -25,5 +34,7 @@ def config_dir() -> Path:
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """Compose `conf/<config_name>.yaml` with command-line style overrides, without running a Hydra app."""
+    from hydra import compose, initialize_config_dir  # Hydra only where a config is composed
+
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))

@@ -29,7 +29,8 @@ from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO, MonitorFallbackCh
 from dgggan_pl.callbacks.iteration import IterationAxis
 from dgggan_pl.callbacks.run_info import REQUEUED, RankRecord, RunRecord
 from dgggan_pl.complexity import count_parameters
-from dgggan_pl.config import config_dir
+from dgggan_pl.config import ConfigError, config_dir
+from dgggan_pl.config_checks import MAX_STEPS_MESSAGE, check_config, random_gan_start
 from dgggan_pl.data.datamodule import SRDataModule, per_process_batch
 from dgggan_pl.data.datasets import unreadable_training_files
 from dgggan_pl.data.io import ImageFolderError
@@ -57,7 +58,6 @@ from dgggan_pl.runs import (
 from dgggan_pl.utils.atomic import write_text_atomic
 from dgggan_pl.utils.exits import exit_on_signals, exit_status, report_interruption
 from dgggan_pl.utils.noise import silence_dependency_noise
-from dgggan_pl.validation import MAX_STEPS_MESSAGE, ConfigError, check_config, random_gan_start
 from dgggan_pl.weights import load_generator, load_state_dict_strict
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def _announce(output_dir: Path, status: str) -> None:
 
 
 def warn_random_gan_start(cfg: DictConfig, ckpt_path: str | None) -> None:
-    """One warning, from rank 0, when the GAN would train a random generator (`validation.random_gan_start`)."""
+    """One warning, from rank 0, when the GAN would train a random generator (`config_checks.random_gan_start`)."""
     message = random_gan_start(cfg, ckpt_path)
     if message is not None and _global_rank() == 0:
         log.warning(message)

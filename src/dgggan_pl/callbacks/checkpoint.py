@@ -15,9 +15,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dgggan_pl.callbacks.iteration import iterations_done
+from dgggan_pl.config import ConfigError
 from dgggan_pl.runs import LAST_CHECKPOINT
 from dgggan_pl.utils.atomic import atomic_open
-from dgggan_pl.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import cast
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
+from dgggan_pl.config import ConfigError
 from dgggan_pl.data.datasets import (
     LR_SOURCES,
     BenchmarkDataset,
@@ -25,7 +26,6 @@ from dgggan_pl.data.datasets import (
 )
 from dgggan_pl.data.resumable_loader import ResumableLoader, SkippingEpochSampler
 from dgggan_pl.data.seeded_samplers import evaluation_sampler
-from dgggan_pl.validation import ConfigError
 
 SourceFactory = Callable[[], PairSource]
 

@@ -15,8 +15,9 @@ import torch
 
 from dgggan_pl.callbacks import checkpoint as checkpoint_module
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
+from dgggan_pl.config import ConfigError
+from dgggan_pl.config_checks import check_config
 from dgggan_pl.train import train
-from dgggan_pl.validation import ConfigError, check_config
 
 SMOKE = ["experiment=full", "debug=smoke", "logger=csv"]
 

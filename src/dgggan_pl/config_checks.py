@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from dgggan_pl.config import ConfigError
 from dgggan_pl.metrics.registry import unknown_metrics_message
 from dgggan_pl.objective import critic_inputs, term_specs
 
@@ -45,10 +46,6 @@ MAX_STEPS_MESSAGE = (
     "trainer.max_steps is derived from `iterations` (Lightning counts every optimizer step: 1 + n_critic per "
     "GAN iteration); set iterations=N instead"
 )
-
-
-class ConfigError(ValueError):
-    """A config value that cannot mean what it says; the message names the key and the fix."""
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
