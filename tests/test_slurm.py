@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.config import config_dir
 from dgggan_pl.launch import slurm_queue
-from dgggan_pl.launch.summary import JobRecord
+from dgggan_pl.launch.summary import JobRecord, SweepError
 from dgggan_pl.sweep_results import job_result
 from hydra_plugins.dgggan_launchers.slurm_launcher import SlurmDDPLauncher
 
@@ -95,16 +97,109 @@ def test_jobs_get_the_launcher_rank_layout(launcher: SlurmDDPLauncher) -> None:
         assert job_cfg.logger.wandb.group == str(launcher.config.hydra.sweep.dir)
 
 
-def test_overriding_the_layout_in_the_trainer_is_refused(launcher: SlurmDDPLauncher) -> None:
-    with pytest.raises(ValueError, match=r"hydra\.launcher\.nodes"):
-        launcher.job_overrides(["trainer.devices=2"])
+@pytest.mark.parametrize(
+    ("override", "replacement"),
+    [
+        ("trainer.devices=2", "hydra.launcher.tasks_per_node=2"),
+        ("++trainer.num_nodes=3", "hydra.launcher.nodes=3"),
+    ],
+)
+def test_overriding_the_layout_in_the_trainer_is_refused(
+    launcher: SlurmDDPLauncher, override: str, replacement: str
+) -> None:
+    """The trainer's layout is derived from the launcher keys; typing it names the launcher key to set."""
+    with pytest.raises(SweepError, match=f"set {re.escape(replacement)} instead") as refusal:
+        launcher.job_overrides([override])
+    assert _one_line(refusal.value).startswith(f"error: {override}: ")
 
 
 def test_gpus_per_node_must_match_tasks(tmp_path: Path, fake_srun: None) -> None:
     cfg = _hydra_config(tmp_path, [*LAYOUT, "hydra.launcher.gpus_per_node=8"])
-    with pytest.raises(ValueError, match="one DDP rank"):
+    with pytest.raises(SweepError, match="one DDP rank"):
         instantiate(cfg.hydra.launcher).check_layout()
     HydraConfig.instance().cfg = None
+
+
+def _one_line(error: SweepError) -> str:
+    """The exit message Python prints for the refusal: exactly one line."""
+    assert isinstance(error.code, str) and "\n" not in error.code
+    return error.code
+
+
+def _launch(tmp_path: Path, overrides: list[str]) -> SweepError:
+    """launch() of a one-job sweep with `overrides` on the launcher; the refusal it raises (fails if none)."""
+    cfg = _hydra_config(tmp_path, overrides)
+    launcher = instantiate(cfg.hydra.launcher)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    launcher.setup(
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()),
+        task_function=lambda _: None,
+        config=cfg,
+    )
+    try:
+        with pytest.raises(SweepError) as refusal:
+            launcher.launch([["ablation=no_se"]], initial_job_idx=0)
+    finally:
+        HydraConfig.instance().cfg = None
+    return refusal.value
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("nodes=0", "hydra.launcher.nodes=0: must be a whole number >= 1"),
+        ("tasks_per_node=-2", "hydra.launcher.tasks_per_node=-2: must be a whole number >= 1"),
+        ("nodes=two", "hydra.launcher.nodes=two: must be a whole number >= 1"),
+        ("cpus_per_task=0", "hydra.launcher.cpus_per_task=0: must be a whole number >= 1"),
+        ("gpus_per_node=-1", "hydra.launcher.gpus_per_node=-1: must be auto, null or a whole number >= 0"),
+        (
+            "timeout_min=2",
+            "hydra.launcher.signal_delay_s=120: the requeue signal must come before the time limit",
+        ),
+    ],
+)
+def test_launcher_keys_are_checked_before_submission(
+    tmp_path: Path, fake_srun: None, override: str, expected: str
+) -> None:
+    """Values SLURM would refuse (or misread) after submission: one line naming the key, nothing left behind."""
+    refusal = _launch(tmp_path, [f"hydra.launcher.{override}"])
+    assert _one_line(refusal).startswith(f"error: {expected}")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_no_slurm_commands_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on a SLURM machine (no sbatch/srun): one line saying where to run it, before anything is composed."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    refusal = _launch(tmp_path, [])
+    assert "sbatch and srun are not on PATH here" in _one_line(refusal)
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("sbatch_says", "advice"),
+    [
+        (
+            "sbatch: fatal: Could not establish a configuration source",
+            "SLURM is not configured on this machine",
+        ),
+        (
+            "sbatch: error: Batch job submission failed: Requested node configuration is not available",
+            "hydra.launcher's partition=None, nodes=2, tasks_per_node=1",
+        ),
+    ],
+)
+def test_sbatch_refusal_is_one_line(tmp_path: Path, fake_srun: None, sbatch_says: str, advice: str) -> None:
+    """sbatch refuses the array (no slurm.conf; a layout no node has): its own reason and what to check, in
+    one line, instead of submitit's FailedJobError with sbatch's whole stderr."""
+    sbatch = Path(shutil.which("srun") or "").with_name("sbatch")
+    sbatch.write_text(
+        f"#!/bin/sh\necho 'sbatch: error: first of several lines' >&2\necho '{sbatch_says}' >&2\nexit 1\n"
+    )
+    sbatch.chmod(0o755)
+    refusal = _launch(tmp_path, ["hydra.launcher.nodes=2", "trainer=cpu"])
+    line = _one_line(refusal)
+    assert line.startswith(f"error: sbatch refused the sweep's jobs ({sbatch_says}); ") and advice in line
+    assert not (tmp_path / "sweep").exists()  # nothing was submitted: no sweep folder is left
 
 
 def test_a_cpu_trainer_asks_for_no_gpus(launcher: SlurmDDPLauncher) -> None:
@@ -116,7 +211,7 @@ def test_a_cpu_trainer_asks_for_no_gpus(launcher: SlurmDDPLauncher) -> None:
 
 def test_one_array_cannot_mix_cpu_and_gpu_trainers(launcher: SlurmDDPLauncher) -> None:
     cpu = OmegaConf.merge(launcher.config, {"trainer": {"accelerator": "cpu"}})
-    with pytest.raises(ValueError, match=r"trainer\.accelerator=auto,cpu.*hydra\.launcher\.gpus_per_node"):
+    with pytest.raises(SweepError, match=r"trainer\.accelerator=auto,cpu.*hydra\.launcher\.gpus_per_node"):
         launcher.resolve_gpus([launcher.config, cpu])
 
 

@@ -82,7 +82,8 @@ class JobRunner:
             name = signal.Signals(self.signum).name
             record.status, record.error = INTERRUPTED, f"sweep received {name}; exit code {returncode}"
         else:
-            record.status, record.error = FAILED, f"exit code {returncode}; see {record.output_dir}"
+            record.status = FAILED
+            record.error = f"exit code {returncode}; its log and run_info.json: {record.output_dir}"
         log.info(f"#{record.num} {record.status} after {record.seconds} s")
 
     def run(self, jobs: Sequence[PreparedJob]) -> int | None:

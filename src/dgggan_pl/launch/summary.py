@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
-
 from dgggan_pl.utils.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -28,8 +26,20 @@ COMPLETED, FAILED, INTERRUPTED, NOT_STARTED = "completed", "failed", "interrupte
 CANCELLED, LOST = "cancelled", "lost"
 
 
-class SweepJobsFailed(RuntimeError):
-    """Raised (through Hydra's sweeper) after all jobs ran, when at least one of them failed."""
+class SweepError(SystemExit):
+    """A sweep the launcher refuses or that ended with failed jobs: one `error: ...` line, exit status 1.
+
+    A `SystemExit` on purpose: Hydra prints a traceback for any `Exception` that leaves a launcher, while the
+    user needs only which key or job and what to do.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+        self.message = message
+
+
+class SweepJobsFailed(SweepError):
+    """Raised by the launcher after all jobs of its batch ended, when at least one of them did not complete."""
 
 
 @dataclass
@@ -75,18 +85,17 @@ def read_summary(sweep_dir: Path) -> list[JobRecord]:
         ) from err
 
 
-def mark_failures(jobs: Sequence[JobRecord], returns: Sequence[JobReturn], sweep_dir: Path) -> None:
-    """Make every failed job's return value name all failures: Hydra's sweeper raises the first one it
-    reads, after all jobs ran, and the sweep then exits non-zero with this message."""
+def failures(jobs: Sequence[JobRecord], sweep_dir: Path) -> SweepJobsFailed | None:
+    """The sweep's one-line error naming every job that did not complete (None when all did).
+
+    Raised by the launcher instead of returning failed `JobReturn`s: Hydra's sweeper would re-raise the first
+    of those with a traceback of its own frames and stop at that batch all the same.
+    """
     failed = [job for job in jobs if job.status != COMPLETED]
     if not failed:
-        return
-    message = (
+        return None
+    return SweepJobsFailed(
         f"{len(failed)} of {len(jobs)} sweep jobs failed: "
         + "; ".join(f"{job.label()}: {job.error}" for job in failed)
-        + f". Summary: {sweep_dir / SUMMARY_FILE}"
+        + f". Each job's status, folder and exit code: {sweep_dir / SUMMARY_FILE}"
     )
-    log.error(message)
-    for ret in returns:
-        if ret.status == JobStatus.FAILED:
-            ret.return_value = SweepJobsFailed(message)

@@ -38,8 +38,7 @@ from dgggan_pl.launch.summary import (
     COMPLETED,
     FAILED,
     JobRecord,
-    SweepJobsFailed,
-    mark_failures,
+    failures,
     write_summary,
 )
 
@@ -115,11 +114,13 @@ class DDPLauncher(Launcher):
         signum = runner.run(prepared)
         for job in jobs:
             self._fill_return(job, returns[job.num])
-        ordered = [returns[job.num] for job in jobs]
-        self._report(jobs, sweep_dir, ordered)
+        self._report(jobs)
         if signum is not None:
             exit_by_signal(signum)
-        return ordered
+        error = failures(self.jobs, sweep_dir)
+        if error is not None:
+            raise error
+        return [returns[job.num] for job in jobs]
 
     def _prepare(self, job: JobRecord, ret: JobReturn, cuda_count: int) -> list[str] | None:
         """Compose one job and build its command; a job that cannot be composed fails alone."""
@@ -169,7 +170,7 @@ class DDPLauncher(Launcher):
         if job.status == COMPLETED:
             ret.status, ret.return_value = JobStatus.COMPLETED, {"output_dir": job.output_dir}
         else:
-            ret.return_value = SweepJobsFailed(f"job {job.label()} {job.status}: {job.error}")
+            ret.return_value = RuntimeError(f"job {job.label()} {job.status}: {job.error}")
 
     def _trainer_values(self, cfg: DictConfig) -> dict[str, object]:
         """The job's devices/num_nodes/accelerator/strategy; several nodes are refused (use slurm)."""
@@ -183,11 +184,10 @@ class DDPLauncher(Launcher):
             )
         return value
 
-    def _report(self, jobs: list[JobRecord], sweep_dir: Path, returns: list[JobReturn]) -> None:
-        """Log one line per job, then name every failure in the sweep's error."""
+    def _report(self, jobs: list[JobRecord]) -> None:
+        """One line per job; the sweep's error (`failures`) then names every job that did not complete."""
         for job in jobs:
             log.info(f"#{job.num} {job.status:11s} {job.seconds or 0:7.1f} s  {job.output_dir or '-'}")
-        mark_failures(jobs, returns, sweep_dir)
 
 
 def _split_config(sweep_config: DictConfig) -> tuple[DictConfig, DictConfig]:

@@ -13,7 +13,10 @@ reason that cannot clear, ends the wait instead of hanging it (docs/sweeps.md, S
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -45,8 +48,10 @@ from dgggan_pl.launch.summary import (
     INTERRUPTED,
     LOST,
     SUBMITTED,
+    SUMMARY_FILE,
     JobRecord,
-    mark_failures,
+    SweepError,
+    failures,
     write_summary,
 )
 from dgggan_pl.runs import last_checkpoint
@@ -56,6 +61,13 @@ log = logging.getLogger(__name__)
 INIT_KEYS = {"submitit_folder", "max_num_timeout"}  # AutoExecutor(...) arguments, not job parameters
 AUTO = "auto"  # gpus_per_node derived from the trainer (`resolve_gpus`)
 GONE_AFTER_POLLS = 2  # a job absent from squeue this many polls in a row, without a result, has ended
+# Launcher keys that must be whole numbers, with their least value (what each means: conf/hydra/launcher/slurm.yaml).
+# Optional ones may also be null.
+WHOLE_NUMBER_KEYS = {"nodes": 1, "tasks_per_node": 1, "timeout_min": 1, "signal_delay_s": 0}
+OPTIONAL_WHOLE_NUMBER_KEYS = {"cpus_per_task": 1, "max_num_timeout": 0, "array_parallelism": 1}
+SLURM_COMMANDS = ("sbatch", "srun")  # submitit submits with sbatch and starts the tasks with srun
+# What the launcher itself leaves in a sweep folder before anything is submitted (removed when it refuses).
+UNSUBMITTED_ENTRIES = {"multirun.yaml", ".submitit", SUMMARY_FILE}
 
 
 class SubmititDDPLauncher(BaseSubmititLauncher):
@@ -73,7 +85,11 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         self.accelerator_key = str(params.pop("accelerator_key", "trainer.accelerator"))
         self.never_starting_reasons = list(params.pop("never_starting_reasons", None) or [])
         super().__init__(**params)
-        self.layout_keys = {num_nodes_key: self.params["nodes"], devices_key: self.params["tasks_per_node"]}
+        # trainer key -> (the launcher key it is derived from, its value): one source for both
+        self.layout_keys = {
+            num_nodes_key: ("nodes", self.params["nodes"]),
+            devices_key: ("tasks_per_node", self.params["tasks_per_node"]),
+        }
         self.wandb_group_key = wandb_group_key
         self.wandb_group = wandb_group
         self.jobs: list[JobRecord] = []  # every job of the sweep (a sweeper may launch in several batches)
@@ -88,17 +104,46 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
             {str(OmegaConf.select(c, self.accelerator_key, default="auto")) for c in job_cfgs}
         )
         if len(accelerators) > 1:
-            raise ValueError(
+            raise SweepError(
                 f"the jobs of one SLURM array share their sbatch options but use {self.accelerator_key}="
                 f"{','.join(accelerators)}: set hydra.launcher.gpus_per_node or sweep them separately"
             )
         self.params["gpus_per_node"] = None if accelerators == ["cpu"] else self.params["tasks_per_node"]
 
+    def check_params(self) -> None:
+        """The launcher keys SLURM would otherwise refuse (or misread) after submission, checked first."""
+        for key, least in {**WHOLE_NUMBER_KEYS, **OPTIONAL_WHOLE_NUMBER_KEYS}.items():
+            value = self.params.get(key)
+            if value is None and key in OPTIONAL_WHOLE_NUMBER_KEYS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise SweepError(f"hydra.launcher.{key}={value}: must be a whole number >= {least}")
+        gpus = self.params.get("gpus_per_node")
+        if gpus not in (AUTO, None) and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+            raise SweepError(
+                f"hydra.launcher.gpus_per_node={gpus}: must be auto, null or a whole number >= 0"
+            )
+        if self.params["signal_delay_s"] >= 60 * self.params["timeout_min"]:
+            raise SweepError(
+                f"hydra.launcher.signal_delay_s={self.params['signal_delay_s']}: the requeue signal must come "
+                f"before the time limit (hydra.launcher.timeout_min={self.params['timeout_min']} minutes); "
+                "lower it or raise timeout_min"
+            )
+        missing = [
+            name for name in SLURM_COMMANDS if self._EXECUTOR == "slurm" and shutil.which(name) is None
+        ]
+        if missing:
+            raise SweepError(
+                f"hydra/launcher=slurm submits with SLURM's {' and '.join(SLURM_COMMANDS)}, and "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH here: run the sweep on a login node of the cluster, "
+                "or drop hydra/launcher=slurm to run the jobs on this machine (hydra/launcher=ddp)"
+            )
+
     def check_layout(self) -> None:
         """One task per device: gpus_per_node (when set) must equal tasks_per_node."""
         gpus, tasks = self.params.get("gpus_per_node"), self.params["tasks_per_node"]
         if gpus and gpus != tasks:
-            raise ValueError(
+            raise SweepError(
                 f"hydra.launcher.gpus_per_node={gpus} but tasks_per_node={tasks}: Lightning runs one DDP rank "
                 "(SLURM task) per GPU; set both to the number of GPUs per node"
             )
@@ -107,13 +152,15 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         """The job's overrides plus the rank layout (`trainer.num_nodes`, `trainer.devices`), the requeue
         checkpoint callback and the W&B group."""
         assert self.config is not None and self.hydra_context is not None
-        for key in self.layout_keys:
-            if any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides):
-                raise ValueError(
-                    f"{key} is set from hydra.launcher.nodes / hydra.launcher.tasks_per_node under "
-                    f"hydra/launcher=slurm; drop the {key}=... override and set the launcher key instead"
+        for key, (launcher_key, value) in self.layout_keys.items():
+            typed = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+            if typed is not None:
+                raise SweepError(
+                    f"{typed}: under hydra/launcher=slurm {key} is hydra.launcher.{launcher_key} (now {value}), so "
+                    f"that the trainer and the SLURM allocation agree; drop it and set "
+                    f"hydra.launcher.{launcher_key}={typed.split('=', 1)[-1]} instead"
                 )
-        layout = [f"++{key}={value}" for key, value in self.layout_keys.items()]  # ++: add or override
+        layout = [f"++{key}={value}" for key, (_, value) in self.layout_keys.items()]  # ++: add or override
         added = [*overrides, *layout, CALLBACK_OVERRIDE]
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, added)
         return with_wandb_group(added, job_cfg, self.wandb_group_key, self.wandb_group)
@@ -181,25 +228,21 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs, job_cfgs = [], []
-        for i, overrides in enumerate(job_overrides):
-            job = JobRecord(num=initial_job_idx + i, overrides=self.job_overrides(overrides))
-            job_cfgs.append(job_config(self.hydra_context, self.config, job.overrides, job.num))
-            job.output_dir = str(job_cfgs[-1].hydra.runtime.output_dir)
-            job.processes = self.params["nodes"] * self.params["tasks_per_node"]
-            log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))}")
-            jobs.append(job)
-        self.resolve_gpus(job_cfgs)
-        self.check_layout()
-        executor = self.make_executor()
+        try:
+            self.check_params()
+            jobs = self._compose(job_overrides, initial_job_idx)
+            submitted = self._submit(jobs)
+        except SweepError:
+            if not any(job.slurm_job_id for job in self.jobs):
+                discard_unsubmitted(sweep_dir)
+            raise
         self.jobs += jobs
-        state = Singleton.get_state()
-        calls = [(job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state) for job in jobs]
-        submitted = executor.map_array(self, *zip(*calls, strict=True))  # one array job per sweep
         for job, handle in zip(jobs, submitted, strict=True):
             job.status, job.slurm_job_id = SUBMITTED, str(handle.job_id)
             job.command = [f"{self._EXECUTOR} job {handle.job_id}"]
         write_summary(sweep_dir, self._EXECUTOR, self.jobs)
+        for job in jobs:
+            log.info(f"\t#{job.num} ({job.slurm_job_id}): {' '.join(filter_overrides(job.overrides))}")
         log.info(f"Submitted {len(jobs)} {self._EXECUTOR} jobs; sweep output dir: {sweep_dir}")
         watch = SweepWatch(jobs=jobs, handles=dict(enumerate(submitted)))
         try:
@@ -207,9 +250,38 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         except KeyboardInterrupt:
             self._detach(watch, sweep_dir)
             exit_by_signal(signal.SIGINT)
-        ordered = [watch.returns[i] for i in range(len(jobs))]
-        mark_failures(jobs, ordered, sweep_dir)
-        return ordered
+        error = failures(self.jobs, sweep_dir)
+        if error is not None:
+            raise error
+        return [watch.returns[i] for i in range(len(jobs))]
+
+    def _compose(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobRecord]:
+        """Every job's overrides and folder, and the GPUs they ask for, before anything is submitted."""
+        assert self.config is not None and self.hydra_context is not None
+        jobs, job_cfgs = [], []
+        for i, overrides in enumerate(job_overrides):
+            job = JobRecord(num=initial_job_idx + i, overrides=self.job_overrides(overrides))
+            job_cfgs.append(job_config(self.hydra_context, self.config, job.overrides, job.num))
+            job.output_dir = str(job_cfgs[-1].hydra.runtime.output_dir)
+            job.processes = self.params["nodes"] * self.params["tasks_per_node"]
+            jobs.append(job)
+        self.resolve_gpus(job_cfgs)
+        self.check_layout()
+        return jobs
+
+    def _submit(self, jobs: Sequence[JobRecord]) -> list[Any]:
+        """One array job for the batch; sbatch's refusal (no SLURM configured, a node layout no partition
+        has, ...) becomes one line naming the launcher keys it was given."""
+        from submitit.core.utils import FailedJobError
+
+        executor = self.make_executor()
+        state = Singleton.get_state()
+        calls = [(job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", state) for job in jobs]
+        try:  # submitit prints sbatch's whole stderr when it fails: its last line goes into ours
+            with contextlib.redirect_stderr(io.StringIO()):
+                return list(executor.map_array(self, *zip(*calls, strict=True)))
+        except FailedJobError as err:
+            raise SweepError(sbatch_refusal(str(err), self.params)) from None
 
     def _wait(self, watch: SweepWatch, sweep_dir: Path) -> None:
         """Collect each job as it ends, so that the summary is current while others still run; on SLURM also
@@ -336,6 +408,31 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
             job.error = f"{type(ret._return_value).__name__}: {ret._return_value}"
         self._fill_end(job, handle, watch, returncode=0 if job.status == COMPLETED else 1)
         return ret
+
+
+def sbatch_refusal(stderr: str, params: dict[str, Any]) -> str:
+    """One line for sbatch's refusal: its own last error line and what to check."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = lines[-1] if lines else "no message"
+    if "configuration source" in stderr:  # no slurm.conf, no SLURM_CONF, no DNS SRV record
+        advice = (
+            "SLURM is not configured on this machine: run the sweep on a login node of the cluster, or drop "
+            "hydra/launcher=slurm to run the jobs here (hydra/launcher=ddp)"
+        )
+    else:
+        asked = ", ".join(
+            f"{key}={params.get(key)}"
+            for key in ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb")
+        )
+        advice = f"compare hydra.launcher's {asked} with `sinfo` and change the key SLURM cannot satisfy"
+    return f"sbatch refused the sweep's jobs ({said}); {advice}"
+
+
+def discard_unsubmitted(sweep_dir: Path) -> None:
+    """Remove a sweep folder that holds only what Hydra and submitit wrote before a refused submission."""
+    entries = {path.name for path in sweep_dir.iterdir()} if sweep_dir.is_dir() else set()
+    if entries <= UNSUBMITTED_ENTRIES:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
 
 
 class SlurmDDPLauncher(SubmititDDPLauncher):
