@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from omegaconf import OmegaConf, open_dict
 
 from dgggan_pl.callbacks.metric_history import MetricHistory
 from dgggan_pl.callbacks.wandb_metrics import WandbMetrics
-from dgggan_pl.config import ConfigError, compose_config
+from dgggan_pl.config import ConfigError, compose_config, config_dir
 from dgggan_pl.config_checks import check_config
 from dgggan_pl.figures import make_figures, metric_lines
 from dgggan_pl.metrics.per_image import PerImageMetric
-from dgggan_pl.metrics.registry import REPORT, TABLE4, MetricSpec, Placement, register, unregister
+from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
+from dgggan_pl.metrics.registry import REPORT, TABLE3, TABLE4, MetricSpec, Placement, register, unregister
+from dgggan_pl.metrics.tables import table_spec
 from dgggan_pl.module import DGGGANModule
 from dgggan_pl.report import build_report
 from test_report import _job
@@ -46,6 +49,7 @@ TOY = MetricSpec(
     "ToyMAE",
     "min",
     5,
+    caption="(toy: 2 x mean |SR - HR|)",
     placements=(Placement(TABLE4, 3), Placement(REPORT, 3)),
     # its own config key, passed through untouched: +metrics.benchmark.toy_scale=...
     build=lambda settings: MeanAbsoluteError(float(settings.options.get("toy_scale", 1.0))),
@@ -117,6 +121,7 @@ def test_toy_metric_in_evaluate_tables_and_the_figures_page(toy, data_dir: Path,
 
     table4 = (tmp_path / "table4_pi_lpips.md").read_text()
     assert "Cells: PI / LPIPS / NIQE / ToyMAE." in table4
+    assert table4.startswith(f"{table_spec(TABLE4).caption}.\n") and TOY.caption in table4  # its caption too
     row = next(line for line in table4.splitlines() if line.startswith("| Bicubic |"))
     per_image = list(csv.DictReader((tmp_path / "per_image" / "Bicubic" / "Set5.csv").open()))
     mean = sum(float(r["toy_mae"]) for r in per_image) / len(per_image)
@@ -143,6 +148,49 @@ def test_toy_metric_in_the_ablation_report(toy, tmp_path: Path, compose) -> None
     assert "### Table 1. Gradient branch validity verification (ToyMAE)" in report.markdown
     assert "| 0.01235 |" in report.markdown.split("(ToyMAE)")[1]
     assert report.tables["table2.csv"][0][-3] == "toy_mae"  # metric columns, then params and gflops
+
+
+def test_table_captions_are_built_from_the_registry(toy) -> None:
+    """Each metric's label, unit and caption, shared captions once, which way is better: a new metric is in them."""
+    paper = "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1) / NIQE (PIRM convention)"
+    assert table_spec(TABLE4).caption == f"{paper} / ToyMAE {TOY.caption}, per-image mean; lower is better"
+    random = table_spec(TABLE4, present=[LPIPS_RANDOM_KEY]).caption
+    assert "LPIPS(random) (AlexNet with RANDOM weights: tests only)" in random and "v0.1" not in random
+    assert table_spec(TABLE3).caption == (
+        "PSNR (dB) / SSIM on Y (MATLAB rgb2ycbcr), border = scale, per-image mean; higher is better"
+    )
+    fidelity_toy = replace(TOY, key="toy_fidelity", label="ToyF", placements=(Placement(TABLE3, 2),))
+    register(fidelity_toy)
+    try:
+        assert table_spec(TABLE3).caption.endswith(
+            f"border = scale / ToyF {TOY.caption}, per-image mean; lower is better for ToyF, higher for PSNR, SSIM"
+        )
+    finally:
+        unregister(fidelity_toy.key)
+
+
+def test_toy_metric_reaches_the_dashboard_panels_and_report(toy, tmp_path: Path) -> None:
+    """Registered with placements in Table 4 and the report, and named nowhere in conf/dashboard.yaml: the
+    Perception section plots it per validation set, the test bars and the runs table show it, and the W&B
+    report's tables have its bars."""
+    pytest.importorskip("wandb_workspaces", reason="the optional extra `dashboard` (wandb-workspaces)")
+    from dgggan_pl import dashboard
+
+    assert "toy_mae" not in (config_dir() / "dashboard.yaml").read_text()
+    args = ["--entity", "e", "--project", "p", "--group", "g", "--dry-run", str(tmp_path)]
+    dashboard.main([*args, "val_sets=[Set5]", "test_sets=[Set5,Set14]"])
+    workspace = json.loads((tmp_path / dashboard.WORKSPACE_FILE).read_text())
+    report = json.loads((tmp_path / dashboard.REPORT_FILE).read_text())
+    sections = {s["name"]: s for s in workspace["spec"]["section"]["panelBankConfig"]["sections"]}
+
+    def keys(node) -> list[str]:
+        return re.findall(r'"((?:val|test)/[^"]+/toy_mae(?:\.\w+)?)"', json.dumps(node))
+
+    assert keys(sections["Perception"]) == ["val/Set5/toy_mae"] and keys(sections["Fidelity"]) == []
+    assert set(keys(sections["Test (selected checkpoint)"])) == {"test/Set5/toy_mae", "test/Set14/toy_mae"}
+    columns = json.dumps(workspace["spec"]["section"]["runSets"])
+    assert "summary:val/Set5/toy_mae.min" in columns and "summary:test/Set14/toy_mae.last" in columns
+    assert {"test/Set5/toy_mae", "test/Set14/toy_mae"} <= set(keys(report))  # Table 1 and Table 2 bars
 
 
 def test_unknown_metric_is_one_line_naming_the_key_and_the_known_metrics(compose) -> None:

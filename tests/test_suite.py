@@ -133,3 +133,17 @@ def test_niqe_model_is_found_offline_without_a_download(
 def test_unknown_metric_names_the_key() -> None:
     with pytest.raises(ValueError, match="metrics.benchmark.metrics"):
         BenchmarkMetrics(4, ["psnr", "fid"])
+
+
+def test_settings_are_the_config_keys_declared_once_in_metric_settings(compose) -> None:
+    """Every key of `metrics.benchmark` is a `MetricSettings` field (none falls into `options` unread), and the
+    suite built from the config holds exactly the config's values."""
+    cfg = compose(["metrics.lpips=disabled", "+metrics.benchmark.my_window=7"])
+    suite = instantiate(cfg.metrics.benchmark)(metrics=["psnr"])
+    settings = suite.settings
+    assert settings.options == {"my_window": 7}  # only the key added here is not a field
+    assert settings.crop_border == cfg.scale and settings.lpips == "disabled"
+    assert settings.niqe_search_paths == tuple(cfg.metrics.niqe_search_paths)  # a list in the config
+    assert settings.niqe_settings["block_size"] == cfg.metrics.benchmark.niqe_settings.block_size
+    with pytest.raises(ValueError, match="metrics.on_missing_model must be one of"):
+        BenchmarkMetrics(4, ["psnr"], on_missing_model="ignore")

@@ -2,9 +2,11 @@
 
 Saves a W&B workspace (sections Perception, Fidelity, Test, Training, Images; runs grouped by W&B group and
 told apart by ablation; a runs table of best values) and, for a sweep group, a report laying out the paper's
-Tables 1 and 2. `--dry-run DIR` writes both specs as JSON instead and touches no network. The keys come from
-`conf/dashboard.yaml` (override as KEY=VALUE); `callbacks.wandb_metrics` defines them in every run (x-axis,
-best/last summaries, the `ablation` config key, GFLOPs). Needs the optional extra `dashboard` (wandb-workspaces).
+Tables 1 and 2. `--dry-run DIR` writes both specs as JSON instead and touches no network. The benchmark metrics
+come from the registry (metrics/registry.py: a section plots the metrics placed in one of evaluate's tables, the
+report those placed in the ablation report), the sets and the other keys from `conf/dashboard.yaml` (override as
+KEY=VALUE); `callbacks.wandb_metrics` defines them in every run (x-axis, best/last summaries, the `ablation`
+config key, GFLOPs). Needs the optional extra `dashboard` (wandb-workspaces).
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ from omegaconf import DictConfig
 
 from dgggan_pl.callbacks.wandb_metrics import ABLATION_KEY, GFLOPS_KEY, GOALS, benchmark_key
 from dgggan_pl.config import compose_config
-from dgggan_pl.metrics.perceptual import LPIPS_KEY, lpips_key
-from dgggan_pl.report import TABLE1_ROWS, TABLE2_ROWS, report_metrics
+from dgggan_pl.metrics import registry
+from dgggan_pl.metrics.registry import REPORT, MetricSettings, MetricSpec, table_columns
+from dgggan_pl.report import TABLE1_ROWS, TABLE2_ROWS
 from dgggan_pl.utils.atomic import write_text_atomic
 
 INSTALL_HINT = "W&B dashboards need the optional extra `dashboard` (wandb-workspaces): pip install 'dgggan-pl[dashboard]'"
 WORKSPACE_FILE, REPORT_FILE = "workspace.json", "report.json"
 PARAMS_KEY = "model/generator_params"  # summary written by dgggan_pl.train
-PI_NOTE = (
-    "**PI** = ((10 - Ma) + NIQE) / 2 appears only where the run could compute Ma: the optional extra `pi` "
-    "(pyiqa) and the Ma/NRQM model file (`metrics.nrqm_model_path`). Otherwise its panels stay empty, NIQE "
-    "and LPIPS still show, and the run records why (`metrics_unavailable` in run_info.json)."
+DERIVED_NOTE = (  # a section's note on each metric computed from others (PI from NIQE and Ma)
+    "**{label}** {caption} appears only where the run could compute {needs} (docs/metrics.md says what each "
+    "needs). Otherwise its panels stay empty, the other metrics still show, and the run records why "
+    "(`metrics_unavailable` in run_info.json)."
 )
 
 
@@ -54,21 +57,46 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     return compose_config(list(overrides), config_name="dashboard")
 
 
-def logged_metric(cfg: DictConfig, metric: str) -> str:
-    """The name a metric is logged under by runs with `cfg.lpips`: LPIPS of a random backbone is not `lpips`."""
-    return lpips_key(cfg.lpips) if metric == LPIPS_KEY else metric
+def placed_metrics(table: str) -> list[MetricSpec]:
+    """The metrics placed in `table` (metrics/registry.py), in its column order: registering a metric with a
+    placement there gives it its panels and columns, with no change to conf/dashboard.yaml."""
+    return [metric for metric, _ in table_columns(table)]
+
+
+def logged_name(cfg: DictConfig, metric: MetricSpec) -> str:
+    """The name runs with `cfg.lpips` log `metric` under (a random-backbone LPIPS is `lpips_random_backbone`).
+
+    Names depend on the settings' LPIPS mode only; the crop border changes values, not names."""
+    return metric.logged_key(MetricSettings(crop_border=0, lpips=cfg.lpips))
+
+
+def section_metrics(cfg: DictConfig) -> dict[str, list[str]]:
+    """Section name -> the logged names of the metrics placed in its table (`cfg.sections`)."""
+    return {
+        name: [logged_name(cfg, metric) for metric in placed_metrics(table)]
+        for name, table in cfg.sections.items()
+    }
 
 
 def summary_columns(cfg: DictConfig) -> list[str]:
     """Runs-table columns: the ablation, best validation values, the selected checkpoint's test values."""
     columns = [f"config:{ABLATION_KEY}.value"]
-    for metric in (*cfg.perception, *cfg.fidelity):
-        name = logged_metric(cfg, metric)
+    for name in (name for names in section_metrics(cfg).values() for name in names):
         columns += [f"summary:{benchmark_key('val', s, name)}.{GOALS[name]}" for s in cfg.val_sets]
-    for metric in cfg.table_metrics:
-        name = logged_metric(cfg, metric)
+    for name in (logged_name(cfg, metric) for metric in placed_metrics(cfg.runs_table)):
         columns += [f"summary:{benchmark_key('test', s, name)}.last" for s in cfg.test_sets]
     return columns
+
+
+def derived_notes(table: str) -> list[str]:
+    """A note per metric of `table` computed from others, naming what it needs."""
+    notes = []
+    for metric in placed_metrics(table):
+        parts = [registry.spec(key) for key in metric.needs]
+        needs = " and ".join(part.label for part in parts if part is not None)
+        if needs:
+            notes.append(DERIVED_NOTE.format(label=metric.label, caption=metric.caption, needs=needs))
+    return notes
 
 
 def _section(ws: ModuleType, cfg: DictConfig, name: str, panels: list[Any]) -> Any:
@@ -82,23 +110,32 @@ def build_workspace(cfg: DictConfig, entity: str, project: str, group: str | Non
     ws, wr = load_ui()
     step = cfg.step_metric
 
-    def curves(metrics: Sequence[str]) -> list[Any]:
+    def curves(names: Sequence[str]) -> list[Any]:
         return [
             wr.LinePlot(title=f"{name} {s}", x=step, y=[benchmark_key("val", s, name)])
-            for name in (logged_metric(cfg, m) for m in metrics)
+            for name in names
             for s in cfg.val_sets
         ]
 
+    by_section = section_metrics(cfg)
     test_bars = [
         wr.BarPlot(title=f"{name} {s} (test)", metrics=[benchmark_key("test", s, name)], orientation="v")
-        for name in (logged_metric(cfg, m) for m in (*cfg.perception, *cfg.fidelity))
+        for names in by_section.values()
+        for name in names
         for s in cfg.test_sets
     ]
     training = [wr.LinePlot(title=panel.title, x=step, y=list(panel["keys"])) for panel in cfg.training]
     images = [wr.MediaBrowser(title="Validation panels", media_keys=list(cfg.images), gallery_axis="step")]
     sections = [
-        _section(ws, cfg, "Perception", [*curves(cfg.perception), wr.MarkdownPanel(markdown=PI_NOTE)]),
-        _section(ws, cfg, "Fidelity", curves(cfg.fidelity)),
+        _section(
+            ws,
+            cfg,
+            name,
+            [*curves(names), *(wr.MarkdownPanel(markdown=n) for n in derived_notes(cfg.sections[name]))],
+        )
+        for name, names in by_section.items()
+    ]
+    sections += [
         _section(ws, cfg, "Test (selected checkpoint)", test_bars),
         _section(ws, cfg, "Training", training),
         _section(ws, cfg, "Images", images),
@@ -154,7 +191,7 @@ def build_report(cfg: DictConfig, entity: str, project: str, group: str) -> Any:
     """Tables 1 and 2 of the paper from the runs of one sweep group (the test metrics of each job's
     selected checkpoint, as `python -m dgggan_pl.report` tabulates them from the sweep folder)."""
     ws, wr = load_ui()
-    metrics = [logged_metric(cfg, metric) for metric, _, _ in report_metrics()]
+    metrics = [logged_name(cfg, metric) for metric in placed_metrics(REPORT)]
     table1 = [benchmark_key("test", s, m) for m in metrics for s in cfg.test_sets]
     table2 = [benchmark_key("test", cfg.table2_set, m) for m in metrics] + [GFLOPS_KEY, PARAMS_KEY]
     blocks = [

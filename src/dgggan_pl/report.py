@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, build_generator_from_config, count_gflops, count_parameters
 from dgggan_pl.launch.devices import override_key
 from dgggan_pl.launch.summary import COMPLETED, FAILED, INTERRUPTED, NOT_STARTED
-from dgggan_pl.metrics.registry import REPORT, table_columns
+from dgggan_pl.metrics.registry import REPORT, spec, table_columns
 from dgggan_pl.sweep_results import (
     CHECKPOINT_ROLES,
     FULL_MODEL,
@@ -49,7 +49,7 @@ STATUS_ORDER = (COMPLETED, FAILED, INTERRUPTED, INCOMPLETE, NOT_STARTED)
 COMPOSED_MARK = "*"
 UNAVAILABLE = (
     "no completed job has a test `{metric}`: the metrics suite reported it unavailable (the reason is in each "
-    "job's train.log; PI needs NIQE's pristine model and the optional Ma/NRQM backend, see docs/metrics.md)"
+    "job's train.log; docs/metrics.md says what each metric needs){built_from}"
 )
 
 
@@ -92,6 +92,13 @@ def report_metrics() -> list[tuple[str, str, int]]:
     """(key, title, decimals) of the metrics placed in the report (metrics/registry.py): PI first, the paper's
     metric, as the paper prints it (4 decimals); NIQE and PSNR beside it."""
     return [(s.key, f"{s.label} {s.unit}".strip(), digits) for s, digits in table_columns(REPORT)]
+
+
+def _built_from(metric: str) -> str:
+    """`; PI is computed from NIQE and Ma` for a derived metric (metrics/registry.py `needs`), else nothing."""
+    derived = spec(metric)
+    parts = [part.label for key in (derived.needs if derived else ()) if (part := spec(key)) is not None]
+    return f"; {derived.label} is computed from {' and '.join(parts)}" if derived and parts else ""
 
 
 def metric_key(set_name: str, metric: str) -> str:
@@ -320,7 +327,9 @@ def notes(
         keys = {metric_key(s, metric) for s in sets}
         if completed and not any(keys & set(t.metrics) for j in completed for t in j.checkpoints.values()):
             reasons = {j.unavailable[metric] for j in completed if metric in j.unavailable}
-            reason = "; ".join(sorted(reasons)) or UNAVAILABLE.format(metric=metric)
+            reason = "; ".join(sorted(reasons)) or UNAVAILABLE.format(
+                metric=metric, built_from=_built_from(metric)
+            )
             lines.append(f"- **{title} unavailable** (n/a): {reason}.")
     if any(cost is not None and cost.composed for cost in complexity):
         lines.append(

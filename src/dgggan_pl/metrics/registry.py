@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -42,8 +42,10 @@ from dgggan_pl.metrics.perceptual import (
 TABLE3 = "table3_psnr_ssim"  # evaluate's Table 3 (fidelity)
 TABLE4 = "table4_pi_lpips"  # evaluate's Table 4 (perception)
 REPORT = "report"  # the ablation report's Tables 1 and 2 (`python -m dgggan_pl.report`)
+MISSING_MODEL_POLICIES = ("unavailable", "error")  # metrics.on_missing_model: a missing NIQE model's effect
 PI_MA_OFFSET = 10.0  # PI = ((10 - Ma) + NIQE) / 2 (Blau et al., PIRM 2018)
 DISABLED_LPIPS = "disabled (metrics.lpips=disabled)"
+Y_CHANNEL = "on Y (MATLAB rgb2ycbcr), border = scale"  # PSNR's and SSIM's protocol (docs/metrics.md)
 
 
 class MetricUnavailable(Exception):
@@ -59,7 +61,10 @@ class MetricUnavailable(Exception):
 
 @dataclass(frozen=True)
 class MetricSettings:
-    """The `metrics.benchmark` config (conf/metrics/default.yaml) every builder receives."""
+    """The `metrics.benchmark` config (conf/metrics/default.yaml) every builder receives.
+
+    Its fields are the config's keys, declared once: `BenchmarkMetrics` and `from_config` take them by name.
+    """
 
     crop_border: int
     lpips: str = "pretrained"
@@ -75,6 +80,22 @@ class MetricSettings:
     on_missing_model: str = "unavailable"
     download: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)  # any other metrics.benchmark key
+
+    def __post_init__(self) -> None:
+        if self.on_missing_model not in MISSING_MODEL_POLICIES:
+            raise ValueError(
+                f"metrics.on_missing_model must be one of {MISSING_MODEL_POLICIES}, got {self.on_missing_model!r}"
+            )
+        # a list from the config (ListConfig, paths): a tuple of strings, hashable like the rest
+        object.__setattr__(self, "niqe_search_paths", tuple(str(p) for p in self.niqe_search_paths))
+
+    @classmethod
+    def from_config(cls, crop_border: int, **config: Any) -> MetricSettings:
+        """The settings of `metrics.benchmark`'s keys: each field by its name, any other key into `options`."""
+        names = {f.name for f in fields(cls)} - {"crop_border", "options"}
+        named = {key: value for key, value in config.items() if key in names}
+        options = {key: value for key, value in config.items() if key not in names}
+        return cls(crop_border, **named, options=options)
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,8 @@ class MetricSpec:
 
     key: its name in `metrics.benchmark.metrics` and in the logs (`val/<Set>/<key>`).
     label: its name in figures, on the page and in report titles; `header` overrides it in evaluate's tables.
+    caption: how it is measured, as the captions of evaluate's tables print it after the label (metrics that
+        share one, side by side, print it once: `PSNR (dB) / SSIM on Y ...`).
     better: `min` (a distance: PI, LPIPS, NIQE) or `max` (PSNR, SSIM, Ma); W&B's best summary and the sorting.
     digits / unit: how a value is printed (`{value:.2f} dB`).
     placements: the tables that show it (TABLE3, TABLE4, REPORT).
@@ -110,6 +133,7 @@ class MetricSpec:
     digits: int
     unit: str = ""
     header: str | None = None
+    caption: str = ""
     placements: tuple[Placement, ...] = ()
     build: Builder | None = None
     needs: tuple[str, ...] = ()
@@ -282,6 +306,7 @@ for _spec in (
         "max",
         2,
         unit="dB",
+        caption=Y_CHANNEL,
         placements=(Placement(TABLE3, 0), Placement(REPORT, 2)),
         build=lambda s: PSNRY(s.crop_border),
     ),
@@ -290,6 +315,7 @@ for _spec in (
         "SSIM",
         "max",
         4,
+        caption=Y_CHANNEL,
         placements=(Placement(TABLE3, 1),),
         build=lambda s: SSIMY(s.crop_border, s.ssim_kernel_size, s.ssim_sigma),
     ),
@@ -298,6 +324,7 @@ for _spec in (
         "LPIPS",
         "min",
         4,
+        caption="(AlexNet v0.1)",
         placements=(Placement(TABLE4, 1),),
         build=_lpips,
         logged_as=lambda settings: lpips_key(settings.lpips),
@@ -308,6 +335,7 @@ for _spec in (
         "min",
         4,
         header="LPIPS (RANDOM backbone, test only)",
+        caption="(AlexNet with RANDOM weights: tests only)",
         variant_of=LPIPS_KEY,
     ),
     MetricSpec(
@@ -315,15 +343,17 @@ for _spec in (
         "NIQE",
         "min",
         3,
+        caption="(PIRM convention)",
         placements=(Placement(TABLE4, 2), Placement(REPORT, 1, digits=4)),
         build=_niqe,
     ),
-    MetricSpec("ma", "Ma", "max", 3, build=_ma),
+    MetricSpec("ma", "Ma", "max", 3, caption="(NRQM, Ma et al. 2017)", build=_ma),
     MetricSpec(
         "pi",
         "PI",
         "min",
         3,
+        caption=f"= (({PI_MA_OFFSET:g} - Ma) + NIQE) / 2 (PIRM 2018)",
         placements=(Placement(TABLE4, 0), Placement(REPORT, 0, digits=4)),  # the report prints the paper's 4
         needs=("niqe", "ma"),
         derive=lambda v: perceptual_index(v["ma"], v["niqe"]),

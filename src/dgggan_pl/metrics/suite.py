@@ -15,12 +15,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from dgggan_pl.metrics.niqe import (
-    LIVE_MODEL_SHA256,
-    LIVE_MODEL_URL,
-    find_pristine_model,
-    missing_model_message,
-)
+from dgggan_pl.metrics.niqe import find_pristine_model, missing_model_message
 from dgggan_pl.metrics.per_image import PerImageMetric, name_key
 from dgggan_pl.metrics.perceptual import alexnet_checkpoint_path, alexnet_missing_message
 from dgggan_pl.metrics.registry import (
@@ -36,7 +31,7 @@ from dgggan_pl.metrics.registry import (
 )
 
 METRICS = requestable_keys()  # the paper's protocol: psnr, ssim, lpips, niqe, ma, pi (metrics/registry.py)
-MISSING_MODEL_POLICIES = ("unavailable", "error")
+DEFAULT_METRICS = ("psnr", "ssim", "lpips", "niqe", "pi")  # Tables 3 and 4 (pi implies ma)
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
 _shared_lpips = shared_lpips  # tests clear its cache to see the random-backbone warning again
@@ -89,55 +84,20 @@ class BenchmarkMetrics(nn.Module):
     and crop per protocol); `compute() -> dict[str, float]` over the available metrics; `reset()`;
     `unavailable: dict[str, str]` maps each requested-but-unavailable metric to its reason.
     Pass `names` (the batch's image names) so that images repeated by a distributed sampler count once.
-    Keys of `metrics.benchmark` beyond the named arguments reach the builders as `MetricSettings.options`.
+    `settings` are the other keys of `metrics.benchmark`: the fields of `MetricSettings` (declared there, with
+    their defaults), and any further key, which reaches the builders as `MetricSettings.options`.
     """
 
-    def __init__(
-        self,
-        crop_border: int,
-        metrics: Sequence[str] = ("psnr", "ssim", "lpips", "niqe", "pi"),
-        lpips: str = "pretrained",
-        ssim_kernel_size: int = 11,
-        ssim_sigma: float = 1.5,
-        niqe_convention: str = "pirm",
-        niqe_model_path: str | None = None,
-        niqe_search_paths: Sequence[str] = (),
-        niqe_model_url: str | None = LIVE_MODEL_URL,
-        niqe_model_sha256: str = LIVE_MODEL_SHA256,
-        niqe_settings: dict | None = None,
-        nrqm_model_path: str | None = None,
-        on_missing_model: str = "unavailable",
-        download: bool = False,
-        **options: Any,
-    ) -> None:
+    def __init__(self, crop_border: int, metrics: Sequence[str] = DEFAULT_METRICS, **settings: Any) -> None:
         super().__init__()
         unknown = unknown_metrics_message(list(metrics))
         if unknown:
             raise ValueError(unknown)
-        if on_missing_model not in MISSING_MODEL_POLICIES:
-            raise ValueError(
-                f"metrics.on_missing_model must be one of {MISSING_MODEL_POLICIES}, got {on_missing_model!r}"
-            )
-        settings = MetricSettings(
-            crop_border,
-            lpips,
-            ssim_kernel_size,
-            ssim_sigma,
-            niqe_convention,
-            niqe_model_path,
-            tuple(str(p) for p in niqe_search_paths),
-            niqe_model_url,
-            niqe_model_sha256,
-            niqe_settings,
-            nrqm_model_path,
-            on_missing_model,
-            download,
-            options,
-        )
+        self.settings = MetricSettings.from_config(crop_border, **settings)
         self.unavailable: dict[str, str] = {}
         self.scores = nn.ModuleDict()
         self._names: dict[int, str] = {}
-        self.derived = [key for key in with_needs(list(metrics)) if self._build(key, settings)]
+        self.derived = [key for key in with_needs(list(metrics)) if self._build(key, self.settings)]
         for metric, reason in self.unavailable.items():
             if reason != DISABLED_LPIPS:
                 warn_once(f"metric '{metric}' unavailable: {reason}")

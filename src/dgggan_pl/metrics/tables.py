@@ -3,8 +3,8 @@
 One row per method (a checkpoint, the bicubic baseline or a results folder), with the source it comes from
 (checkpoint file, iteration, weights), one column group per benchmark set. NIQE sits beside PI and LPIPS
 because the paper's PI is built from it. A metric that could not be computed shows as `unavailable` (CSV) /
-`n/a` (Markdown) with its reason in a note below the table: never as a number. The columns are the metrics
-placed in each table by their `MetricSpec` (metrics/registry.py).
+`n/a` (Markdown) with its reason in a note below the table: never as a number. A table's columns are the
+metrics placed in it by their `MetricSpec` (metrics/registry.py), and its caption is built from their captions.
 """
 
 from __future__ import annotations
@@ -49,20 +49,34 @@ class TableSpec:
     columns: tuple[Column, ...]
 
 
-CAPTIONS = {  # the tables evaluate writes; their columns are the metrics placed in them (metrics/registry.py)
-    TABLE3: "PSNR (dB) / SSIM on Y (MATLAB rgb2ycbcr), border = scale, per-image mean",
-    TABLE4: "PI = ((10 - Ma) + NIQE) / 2 (PIRM 2018) / LPIPS (AlexNet v0.1) / NIQE (PIRM convention), per-image "
-    "mean; lower is better",
-}
+def caption(metrics: Sequence[registry.MetricSpec]) -> str:
+    """A table's caption from its columns' specs: each metric's label and unit, then its `caption` (once for
+    neighbours that share it), the per-image mean and which way is better, e.g.
+    `PSNR (dB) / SSIM on Y (MATLAB rgb2ycbcr), border = scale, per-image mean; higher is better`."""
+    groups: list[tuple[list[str], str]] = []
+    for metric in metrics:
+        name = metric.label + (f" ({metric.unit})" if metric.unit else "")
+        if groups and groups[-1][1] == metric.caption:
+            groups[-1][0].append(name)
+        else:
+            groups.append(([name], metric.caption))
+    text = " / ".join(" / ".join(names) + (f" {how}" if how else "") for names, how in groups)
+    goals = {goal: [m.label for m in metrics if m.better == goal] for goal in ("min", "max")}
+    if not goals["max"]:
+        better = "lower is better"
+    elif not goals["min"]:
+        better = "higher is better"
+    else:
+        better = f"lower is better for {', '.join(goals['min'])}, higher for {', '.join(goals['max'])}"
+    return f"{text}, per-image mean; {better}"
 
 
 def table_spec(name: str, present: Sequence[str] = ()) -> TableSpec:
-    """Table `name` with the metrics placed in it; `present` (the computed keys) picks a variant's column, so a
-    random-backbone LPIPS gets its own, explicit column name."""
-    columns = tuple(
-        Column(s.key, s.header or s.label, digits) for s, digits in registry.table_columns(name, present)
-    )
-    return TableSpec(name, CAPTIONS[name], columns)
+    """Table `name` with the metrics placed in it, captioned from their specs; `present` (the computed keys)
+    picks a variant's column, so a random-backbone LPIPS gets its own, explicit column name and caption."""
+    placed = registry.table_columns(name, present)
+    columns = tuple(Column(s.key, s.header or s.label, digits) for s, digits in placed)
+    return TableSpec(name, caption([s for s, _ in placed]), columns)
 
 
 NOT_REQUESTED = "not requested (metrics.benchmark.metrics)"
