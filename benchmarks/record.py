@@ -75,8 +75,10 @@ def write_result(
     notes: str = "",
     command: str | None = None,
     results_dir: Path = RESULTS_DIR,
+    quiet: bool = False,
 ) -> Path:
-    """Write `results_dir/<name>.json` atomically (a crashed write leaves the previous file) and print its path."""
+    """Write `results_dir/<name>.json` atomically (a crashed write leaves the previous file) and print its path
+    (`quiet`: not, for a writer that rewrites it as it goes, such as the GPU check after each phase)."""
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -92,5 +94,6 @@ def write_result(
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path} (render docs/benchmarks.md with: python benchmarks/render.py)")
+    if not quiet:
+        print(f"wrote {path} (render docs/benchmarks.md with: python benchmarks/render.py)")
     return path

@@ -1,10 +1,14 @@
-"""The GPU check (scripts/gpu_check.py, docs/gpu.md): the dry run of every phase on the CPU, offline, with an empty
-TORCH_HOME; the FLOP count behind its TFLOP/s figures; its callbacks and the carried data folder."""
+"""The GPU check (scripts/gpu_check.py, benchmarks/gpu_check/, docs/gpu.md): the dry run of every phase on the
+CPU, offline, with an empty TORCH_HOME, with and without a data folder; its result file (benchmarks/record.py);
+the FLOP count behind its TFLOP/s figures; its callbacks and the carried data folder."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,12 +17,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dgggan_pl.gpu_check.callbacks import SYNC_WARNING, PhaseClock, count_sync_warnings
-from dgggan_pl.gpu_check.cli import load_settings, main
-from dgggan_pl.gpu_check.data import MIB, prepare_data, training_dirs
-from dgggan_pl.gpu_check.flops import iteration_flops
-from dgggan_pl.gpu_check.phases import PHASES
-from dgggan_pl.gpu_check.report import NO_DEVICE
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # as scripts/gpu_check.py does: the check is not in the package
+
+import render  # noqa: E402
+from gpu_check import cli, phases  # noqa: E402
+from gpu_check.callbacks import SYNC_WARNING, PhaseClock, count_sync_warnings  # noqa: E402
+from gpu_check.cli import load_settings, main  # noqa: E402
+from gpu_check.data import MIB, prepare_data, training_dirs  # noqa: E402
+from gpu_check.flops import iteration_flops  # noqa: E402
+from gpu_check.phases import PHASES, Check, Phase  # noqa: E402
+from gpu_check.report import NO_DEVICE, Destination  # noqa: E402
+from record import FORMAT  # noqa: E402
+
+DATA_PHASES = ["validation", "learning_curve", "upscale"]  # the phases that read the data folder
 
 
 def _no_network(*args: object, **kwargs: object) -> None:
@@ -35,9 +47,14 @@ def test_dry_run_runs_every_phase_offline(tmp_path, monkeypatch, data_dir, one_t
 
     assert main(["--dry-run", "--out", str(out)]) == 0
 
-    report = json.loads((out / "gpu_check.json").read_text())
-    assert report["header"]["device"] == NO_DEVICE
-    phases = {phase["name"]: phase for phase in report["phases"]}
+    record = json.loads((out / "gpu_check_dry_run.json").read_text())  # benchmarks/record.py's result file
+    assert (
+        record["format"] == FORMAT
+        and record["command"] == f"python scripts/gpu_check.py --dry-run --out {out}"
+    )
+    report = record["figures"]
+    assert report["header"]["device"] == NO_DEVICE and record["title"] == f"GPU check: {NO_DEVICE}"
+    phases = report["phases"]
     assert list(phases) == list(PHASES)
     assert {name: phase["status"] for name, phase in phases.items()} == dict.fromkeys(PHASES, "ok")
     figures = {name: phase["figures"] for name, phase in phases.items()}
@@ -121,26 +138,24 @@ def test_prepared_data_takes_the_largest_crop_that_fits(tmp_path, data_dir) -> N
 
 
 def test_phases_run_within_the_total_budget_and_failures_do_not_stop_the_rest(tmp_path, monkeypatch) -> None:
-    from dgggan_pl.gpu_check import cli
-    from dgggan_pl.gpu_check.phases import Check, MissingDataError
-
     def broken(check: Check, spec: object) -> dict:
         raise RuntimeError("only on a GPU")
 
-    def no_data(check: Check, spec: object) -> dict:
-        raise MissingDataError("no data folder")
+    def never(check: Check, spec: object) -> dict:
+        raise AssertionError("a phase without its data must not start")
 
     phases = {
-        "broken": broken,
-        "no_data": no_data,
-        "fails": lambda check, spec: {"passed": False},
-        "fine": lambda check, spec: {"passed": True, "value": 1.5},
-        "too_long": lambda check, spec: {"passed": True},
+        "broken": Phase(broken),
+        "no_data": Phase(never, lambda check, spec: ["sr-benchmarks/Set5/HR"]),
+        "fails": Phase(lambda check, spec: {"passed": False}),
+        "fine": Phase(lambda check, spec: {"passed": True, "value": 1.5}),
+        "too_long": Phase(never),
     }
     monkeypatch.setattr(cli, "PHASES", phases)
     settings = OmegaConf.create({"total_budget_s": 10, "fine": {"budget_s": 1}, "too_long": {"budget_s": 60}})
     check = Check(settings, tmp_path, torch.device("cpu"), None, OmegaConf.create({}), True, 790.0)
-    results = cli.run_check(check, list(phases), {"device": NO_DEVICE})
+    destination = Destination(tmp_path, True, "python scripts/gpu_check.py --dry-run", (tmp_path,))
+    results = cli.run_check(check, list(phases), {"device": NO_DEVICE}, destination)
 
     status = {r["name"]: r["status"] for r in results}
     assert status == {
@@ -151,18 +166,76 @@ def test_phases_run_within_the_total_budget_and_failures_do_not_stop_the_rest(tm
         "too_long": "skipped",
     }
     by_name = {r["name"]: r for r in results}
-    assert "only on a GPU" in by_name["broken"]["reason"] and "RuntimeError" in by_name["broken"]["traceback"]
+    assert by_name["broken"]["reason"] == "RuntimeError: only on a GPU"
+    assert by_name["no_data"]["reason"].startswith("needs sr-benchmarks/Set5/HR of a data folder")
     assert by_name["too_long"]["reason"].startswith("total budget")
-    report = json.loads((tmp_path / "gpu_check.json").read_text())  # written after every phase
-    assert [p["name"] for p in report["phases"]] == list(phases)
+    report = json.loads((tmp_path / "gpu_check_dry_run.json").read_text())[
+        "figures"
+    ]  # written after each phase
+    assert list(report["phases"]) == list(phases)
     assert "| fine | pass | value 1.5 |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_dry_run_without_data_skips_each_phase_that_needs_it_in_one_line(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """One rule for every phase that reads the data folder: skipped in one line naming the path, exit status 0.
+    Before: the validation phase errored (exit 1, a 12-line traceback) while the other two were skipped."""
+    monkeypatch.setenv("DGGGAN_DATA_DIR", str(tmp_path / "absent"))  # no data to prepare the toy folder from
+    monkeypatch.setattr(cli, "DEFAULT_CARRIED", tmp_path / "absent_carried")
+    out = tmp_path / "check"
+
+    assert main(["--dry-run", "--out", str(out), "--only", *DATA_PHASES]) == 0
+
+    printed = capsys.readouterr()
+    lines = [line for line in printed.out.splitlines() if line.startswith("gpu_check: phase")]
+    assert [line.split()[2:4] for line in lines] == [[name, "skipped:"] for name in DATA_PHASES]
+    assert "sr-benchmarks/Set5/HR" in lines[0] and "0853x4.png" in lines[2] and "--prepare-data" in lines[1]
+    assert "Traceback" not in printed.err
+    phases = json.loads((out / "gpu_check_dry_run.json").read_text())["figures"]["phases"]
+    assert {name: phase["status"] for name, phase in phases.items()} == dict.fromkeys(DATA_PHASES, "skipped")
+
+
+def test_a_data_folder_lacking_a_phase_s_path_names_it(tmp_path, data_dir) -> None:
+    """With a data folder, a phase runs only if every path it reads is there; else its skip names the first."""
+    settings, spec, _ = load_settings(dry_run=True)
+    partial = tmp_path / "data"
+    (partial / "sr-benchmarks" / "Set5" / "HR").mkdir(parents=True)  # Set5 without its LR images
+    check = Check(settings, tmp_path, torch.device("cpu"), partial, spec, True, 790.0)
+    reason = cli.skip_reason(check, "validation", 0.0, 1.0)
+    assert reason is not None and reason.startswith(
+        f"needs sr-benchmarks/Set5/LR_bicubic/X4, which the data folder {partial}"
+    )
+    whole = Check(settings, tmp_path, torch.device("cpu"), data_dir, spec, True, 790.0)
+    assert [cli.skip_reason(whole, name, 0.0, 1.0) for name in DATA_PHASES] == [None] * 3
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and Lightning: ~10 s on a loaded box
+def test_script_runs_from_the_source_tree_and_records_its_result(tmp_path) -> None:
+    """`PYTHONPATH=src python scripts/gpu_check.py`: the script finds the check in benchmarks/ (not itself), and
+    `--record DIR` writes a result file that benchmarks/render.py renders into docs/benchmarks.md's page."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DGGGAN_DATA_DIR": str(tmp_path / "absent")}
+    args = ["--dry-run", "--out", str(tmp_path / "out"), "--record", str(tmp_path / "results")]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gpu_check.py"), *args, "--only", *DATA_PHASES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("gpu_check: phase")]
+    assert len(skipped) == 3 and all(" skipped: needs " in line for line in skipped), done.stdout
+    (result,) = render.load_results(tmp_path / "results")
+    page = render.section(result)
+    assert result["name"] == "gpu_check_dry_run" and "| `phases.upscale.status` | skipped |" in page
 
 
 @pytest.mark.slow  # about 9 s of composing; run it before spending device time (docs/gpu.md)
 def test_device_profile_composes_every_training_as_specified(tmp_path, monkeypatch, data_dir) -> None:
     """The device run cannot be rehearsed on a CPU, but its configs can: a typo must not cost device time."""
     from dgggan_pl.config import compose_config
-    from dgggan_pl.gpu_check import phases
 
     composed: dict[str, object] = {}
     monkeypatch.setattr(phases, "_train", lambda cfg: composed.setdefault(cfg.paths.output_dir, cfg) and {})
@@ -178,7 +251,7 @@ def test_device_profile_composes_every_training_as_specified(tmp_path, monkeypat
     settings, spec, peak = load_settings(dry_run=False)
     check = phases.Check(settings, tmp_path, torch.device("cpu"), data_dir, spec, False, peak)
     for name in ("throughput", "host_syncs", "ddp", "learning_curve", "train_resume"):
-        phases.PHASES[name](check, settings[name])
+        phases.PHASES[name].run(check, settings[name])
 
     configs = {Path(str(key)).name: cfg for key, cfg in composed.items()}
     for cfg in [*configs.values(), *cli_runs]:

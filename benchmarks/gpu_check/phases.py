@@ -1,6 +1,9 @@
-"""The phases of the GPU check. Each takes the run's `Check` and its own spec (conf/gpu_check.yaml) and returns
-its figures; every training goes through `dgggan_pl.train.train` (or its CLI) with the project's config groups,
-and every metric through `BenchmarkMetrics`, so the check measures the code that trains, not a copy of it.
+"""The phases of the GPU check. Each takes the run's `Check` and its own spec (gpu_check.yaml) and returns its
+figures; every training goes through `dgggan_pl.train.train` (or its CLI) with the project's config groups, and
+every metric through `BenchmarkMetrics`, so the check measures the code that trains, not a copy of it.
+
+A phase that reads the data folder declares what it reads (`Phase.needs`); the runner skips it, in one line
+naming the first missing path, when this run's data folder lacks any of it (the one rule for missing data).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from dgggan_pl.config import compose_config
-from dgggan_pl.gpu_check.data import training_dirs
-from dgggan_pl.gpu_check.flops import iteration_flops
+from gpu_check import callbacks as check_callbacks
+from gpu_check.data import training_dirs
+from gpu_check.flops import iteration_flops
 
 Figures = dict[str, Any]
 
@@ -37,10 +41,6 @@ NO_EVAL = [
     "data.test_sets=[]",
     "callbacks.model_checkpoint=null",
 ]
-
-
-class MissingDataError(FileNotFoundError):
-    """A phase needs a file of the data folder that this run does not have: the phase is skipped, not failed."""
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Check:
 
 def _callback(name: str, target: str, **kwargs: Any) -> list[str]:
     """`+callbacks.<name>=...` overrides that make train() build one of the check's callbacks."""
-    overrides = [f"+callbacks.{name}._target_=dgggan_pl.gpu_check.callbacks.{target}"]
+    overrides = [f"+callbacks.{name}._target_={check_callbacks.__name__}.{target}"]
     return overrides + [f"+callbacks.{name}.{key}={value}" for key, value in kwargs.items()]
 
 
@@ -278,14 +278,13 @@ def validation(check: Check, spec: DictConfig) -> Figures:
 
 
 def upscale(check: Check, spec: DictConfig) -> Figures:
-    """`python -m dgggan_pl.upscale` on the DIV2K 0853 LR image, float32 vs --half: wall time, max difference."""
+    """`python -m dgggan_pl.upscale` on `spec.image` (DIV2K 0853 LR), float32 vs --half: wall time, max difference."""
     from dgggan_pl.data.io import read_image
     from dgggan_pl.upscale import main as upscale_main
     from dgggan_pl.weights import save_generator_safetensors
 
-    if check.data_dir is None:
-        raise MissingDataError("no data folder (--data): the upscale phase needs DIV2K-sample/.../0853x4.png")
-    image = check.data_dir / "DIV2K-sample" / "LR_bicubic" / "X4" / "0853x4.png"
+    assert check.data_dir is not None  # Phase.needs: the runner skips this phase without it
+    image = check.data_dir / spec.image
     cfg = check.compose(folder="upscale")
     weights = check.checkpoints.get("learning_curve")
     if weights is None:  # an untrained experiment=full generator: the same time, another picture
@@ -316,10 +315,6 @@ def upscale(check: Check, spec: DictConfig) -> Figures:
 
 def learning_curve(check: Check, spec: DictConfig) -> Figures:
     """PSNR stage on the carried BSD100 + Urban100 crops, Set5/Set14 PSNR every few hundred iterations."""
-    if check.data_dir is None or not training_dirs(check.data_dir, check.data_spec):
-        raise MissingDataError(
-            "no BSD100/Urban100 HR in the data folder (run --prepare-data, or pass --data)"
-        )
     history = check.out / "records" / "learning_curve_history.json"
     record, clock = _clock(check, "learning_curve", spec.budget_s, 1)
     extra = [*clock, f"iterations={spec.iterations}", f"trainer.precision={spec.precision}"]
@@ -427,16 +422,66 @@ def _checkpoint_iteration(path: Path) -> int | None:
     return checkpoint_info(path)[0] if path.is_file() else None
 
 
+# ---------------------------------------------------------------------------------------------- data needs
+def benchmark_set(name: str, scale: int = 4) -> list[str]:
+    """The folders of one benchmark set in a data folder: its HR and shipped LR images."""
+    return [f"sr-benchmarks/{name}/HR", f"sr-benchmarks/{name}/LR_bicubic/X{scale}"]
+
+
+def validation_needs(check: Check, spec: DictConfig) -> list[str]:
+    return benchmark_set(spec.set)
+
+
+def upscale_needs(check: Check, spec: DictConfig) -> list[str]:
+    return [str(spec.image)]
+
+
+def learning_curve_needs(check: Check, spec: DictConfig) -> list[str]:
+    """The training HR folders (prepared crops, else the whole sets) and the sets it validates on."""
+    data_dir = check.data_dir
+    found = training_dirs(data_dir, check.data_spec) if data_dir is not None else []
+    train = [str(folder.relative_to(data_dir)) for folder in found] if data_dir is not None else []
+    whole = [f"sr-benchmarks/{name}/HR" for name in check.data_spec.train_sets]
+    return (train or whole) + [path for name in check.data_spec.eval_sets for path in benchmark_set(name)]
+
+
+def no_data(check: Check, spec: DictConfig) -> list[str]:
+    """The phases that train on the embedded sample images when there is no data folder."""
+    return []
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase's code and the data-folder paths (relative) it reads; `needs` returns none for a phase that runs
+    without a data folder."""
+
+    run: Callable[[Check, DictConfig], Figures]
+    needs: Callable[[Check, DictConfig], list[str]] = no_data
+
+
+def missing_data(check: Check, phase: Phase, spec: DictConfig) -> str | None:
+    """Why `phase` cannot run with this run's data folder, in one line (the first path it lacks), or None."""
+    needed = phase.needs(check, spec)
+    hint = "pass --data DIR (a data folder with sr-benchmarks/), or fill .gpu_data/ with --prepare-data"
+    if needed and check.data_dir is None:
+        return f"needs {needed[0]} of a data folder and this run has none: {hint}"
+    data_dir = check.data_dir
+    missing = [path for path in needed if data_dir is not None and not (data_dir / path).exists()]
+    if missing:
+        return f"needs {missing[0]}, which the data folder {data_dir} lacks: {hint}"
+    return None
+
+
 # In this order: the learning curve before upscale (which upscales with its weights), the longest phases where a
 # total budget that runs short skips the least.
-PHASES: dict[str, Callable[[Check, DictConfig], Figures]] = {
-    "flops": flops,
-    "throughput": throughput,
-    "bf16_losses": bf16_losses,
-    "host_syncs": host_syncs,
-    "validation": validation,
-    "ddp": ddp,
-    "learning_curve": learning_curve,
-    "upscale": upscale,
-    "train_resume": train_resume,
+PHASES: dict[str, Phase] = {
+    "flops": Phase(flops),
+    "throughput": Phase(throughput),
+    "bf16_losses": Phase(bf16_losses),
+    "host_syncs": Phase(host_syncs),
+    "validation": Phase(validation, validation_needs),
+    "ddp": Phase(ddp),
+    "learning_curve": Phase(learning_curve, learning_curve_needs),
+    "upscale": Phase(upscale, upscale_needs),
+    "train_resume": Phase(train_resume),
 }

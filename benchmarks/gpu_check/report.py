@@ -1,14 +1,45 @@
-"""The check's results as `gpu_check.json` and the Markdown table `gpu_check.md` (printed too)."""
+"""The check's results: a result file of `benchmarks/record.py` and the Markdown table `gpu_check.md` (printed).
+
+The result file is `gpu_check.json` (`gpu_check_dry_run.json` for the CPU rehearsal, so that a rehearsal never
+replaces a device run's figures) in the output folder and, with `--record`, in benchmarks/results/, where
+`python benchmarks/render.py` puts it in docs/benchmarks.md like every other benchmark's.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgggan_pl.utils.atomic import write_json_atomic, write_text_atomic
+from dgggan_pl.metrics.keys import benchmark_key
+from dgggan_pl.utils.atomic import write_text_atomic
+from record import write_result
 
 NO_DEVICE = "no device (dry run on CPU)"
+DRY_RUN_NOTES = (
+    "The CPU rehearsal of every phase (`--dry-run`, docs/gpu.md): toy sizes (debug=smoke widths, HR 32, batch 2, "
+    "a few iterations per phase) and a shared CPU, so it proves the plumbing, not GPU figures; the FLOPs are the "
+    "toy model's. A phase skipped for missing data says which path it needs."
+)
+DEVICE_NOTES = (
+    "The GPU check on one CUDA GPU (docs/gpu.md says what each figure means); a phase skipped for missing "
+    "data or for the total budget says why."
+)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one run of the check writes: `gpu_check.md` in `out`, its result file in each of `results_dirs`."""
+
+    out: Path
+    dry_run: bool
+    command: str  # the command line, recorded in the result file
+    results_dirs: tuple[Path, ...]
+
+    @property
+    def name(self) -> str:
+        return "gpu_check_dry_run" if self.dry_run else "gpu_check"
 
 
 def _number(value: Any) -> str:
@@ -54,9 +85,9 @@ def _learning_rows(figures: Mapping[str, Any]) -> list[list[str]]:
     bicubic = figures.get("bicubic", {})
     for point in figures.get("curve", []):
         cells = [
-            f"{name} {point[f'val/{name}/psnr']:.2f} dB ({point[f'val/{name}/psnr'] - psnr:+.2f} vs bicubic)"
+            f"{name} {point[key]:.2f} dB ({point[key] - psnr:+.2f} vs bicubic)"
             for name, psnr in bicubic.items()
-            if f"val/{name}/psnr" in point
+            if (key := benchmark_key("val", name, "psnr")) in point
         ]
         rows.append([f"  iteration {point['iteration']}", f"{point['seconds']} s", "; ".join(cells)])
     return rows
@@ -112,9 +143,28 @@ def table(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> str:
-    """Write DIR/gpu_check.json and DIR/gpu_check.md (atomically); returns the Markdown."""
+def figures(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> dict[str, Any]:
+    """The result file's figures: the header, then each phase by name (`phases.<name>.figures.<key>`)."""
+    phases = {r["name"]: {k: v for k, v in r.items() if k != "name"} for r in results}
+    return {"header": dict(header), "phases": phases}
+
+
+def write_report(
+    results: Sequence[Mapping[str, Any]], header: Mapping[str, Any], destination: Destination
+) -> str:
+    """Write the result file (benchmarks/record.py) and `gpu_check.md`, atomically; returns the Markdown."""
     text = table(results, header)
-    write_json_atomic(out / "gpu_check.json", {"header": dict(header), "phases": list(results)})
-    write_text_atomic(out / "gpu_check.md", text)
+    title = f"GPU check: {header['device']}"
+    notes = DRY_RUN_NOTES if destination.dry_run else DEVICE_NOTES
+    for folder in destination.results_dirs:
+        write_result(
+            destination.name,
+            figures(results, header),
+            title=title,
+            notes=notes,
+            command=destination.command,
+            results_dir=folder,
+            quiet=True,
+        )
+    write_text_atomic(destination.out / "gpu_check.md", text)
     return text

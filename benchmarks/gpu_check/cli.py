@@ -1,4 +1,8 @@
-"""Command line of the GPU check: run the phases in order, each within its budget, and write the report."""
+"""Command line of the GPU check: run the phases in order, each within its budget, and write the report.
+
+One rule for every phase: it runs, or it is skipped with one printed line saying why (a data path it needs is
+missing, or the total budget would be passed); a skipped phase does not fail the check.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import argparse
 import logging
 import os
 import platform
+import shlex
+import sys
 import time
-import traceback
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,20 +21,20 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dgggan_pl.config import config_dir
-from dgggan_pl.gpu_check.data import MIB, prepare_data, tree_bytes
-from dgggan_pl.gpu_check.phases import PHASES, Check, MissingDataError, start_train_server
-from dgggan_pl.gpu_check.report import NO_DEVICE, write_report
+from gpu_check.data import MIB, prepare_data, tree_bytes
+from gpu_check.phases import PHASES, Check, missing_data, start_train_server
+from gpu_check.report import NO_DEVICE, Destination, write_report
+from record import REPO_ROOT, RESULTS_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+SETTINGS = Path(__file__).resolve().with_name("gpu_check.yaml")
 DEFAULT_CARRIED = REPO_ROOT / ".gpu_data"  # ignored by git; the device run carries it
 WHEELS = REPO_ROOT / ".whl"
 log = logging.getLogger(__name__)
 
 
 def load_settings(dry_run: bool) -> tuple[DictConfig, DictConfig, float]:
-    """(profile settings, data spec, peak TFLOP/s) from conf/gpu_check.yaml."""
-    root = OmegaConf.load(config_dir() / "gpu_check.yaml")
+    """(profile settings, data spec, peak TFLOP/s) from gpu_check.yaml."""
+    root = OmegaConf.load(SETTINGS)
     assert isinstance(root, DictConfig)
     profile = root.dry_run if dry_run else root.device
     data = OmegaConf.merge(root.data, profile.get("data") or {})
@@ -54,28 +59,35 @@ def run_phase(check: Check, name: str) -> dict[str, Any]:
     start = time.perf_counter()
     result: dict[str, Any] = {"name": name, "budget_s": phase_budget(name, spec)}
     try:
-        figures = PHASES[name](check, spec)
+        figures = PHASES[name].run(check, spec)
         result |= {"status": "failed" if figures.get("passed") is False else "ok", "figures": figures}
-    except MissingDataError as error:
-        result |= {"status": "skipped", "reason": str(error).splitlines()[0]}
-    except Exception as error:  # noqa: BLE001 - recorded with its traceback, the next phase still runs
+    except Exception as error:  # noqa: BLE001 - logged with its traceback, the next phase still runs
         result |= {"status": "error", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:400]}"}
-        result["traceback"] = traceback.format_exc()[-4000:]
-        log.error("phase %s failed:\n%s", name, result["traceback"])
+        log.exception("phase %s failed", name)
     result["seconds"] = time.perf_counter() - start
     return result
 
 
-def run_check(check: Check, names: Sequence[str], header: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run `names` in order; skip a phase whose budget would end past the total; rewrite the report each time."""
+def skip_reason(check: Check, name: str, elapsed: float, budget: float) -> str | None:
+    """Why phase `name` is not run, or None: a data path it needs is missing, or it would pass the total budget."""
+    reason = missing_data(check, PHASES[name], check.settings.get(name) or OmegaConf.create({}))
     total = float(check.settings.total_budget_s)
+    if reason is None and elapsed + budget > total:
+        reason = f"total budget: {elapsed:.0f} s spent, its {budget:.0f} s would pass {total:.0f} s"
+    return reason
+
+
+def run_check(
+    check: Check, names: Sequence[str], header: dict[str, Any], destination: Destination
+) -> list[dict[str, Any]]:
+    """Run `names` in order, each or its one-line skip; rewrite the result files after each phase."""
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     for name in names:
         budget = phase_budget(name, check.settings.get(name) or OmegaConf.create({}))
-        elapsed = time.perf_counter() - start
-        if elapsed + budget > total:
-            reason = f"total budget: {elapsed:.0f} s spent, its {budget:.0f} s would pass {total:.0f} s"
+        reason = skip_reason(check, name, time.perf_counter() - start, budget)
+        if reason is not None:
+            print(f"gpu_check: phase {name} skipped: {reason}", flush=True)
             results.append(
                 {"name": name, "status": "skipped", "reason": reason, "seconds": 0.0, "budget_s": budget}
             )
@@ -84,7 +96,7 @@ def run_check(check: Check, names: Sequence[str], header: dict[str, Any]) -> lis
             results.append(run_phase(check, name))
         header["flops_per_iteration_tflop"] = (check.flops_per_iteration or 0) / 1e12 or None
         header["total_seconds"] = round(time.perf_counter() - start, 1)
-        write_report(check.out, results, header)  # partial results survive a run killed at its limit
+        write_report(results, header, destination)  # partial results survive a run killed at its limit
     return results
 
 
@@ -99,7 +111,7 @@ def describe(device: torch.device, dry_run: bool, data_dir: Path | None) -> dict
         "cuda": torch.version.cuda,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
-        "data folder": str(data_dir) if data_dir else "none (phases that need it are skipped)",
+        "data_folder": str(data_dir) if data_dir else "none (phases that need it are skipped)",
     }
 
 
@@ -115,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         "a toy one from $DGGGAN_DATA_DIR)",
     )
     parser.add_argument("--only", nargs="+", choices=list(PHASES), default=None, help="run only these phases")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        nargs="?",
+        const=RESULTS_DIR,
+        default=None,
+        metavar="DIR",
+        help=f"also write the result file into DIR (default {RESULTS_DIR.relative_to(REPO_ROOT)}/, where "
+        "`python benchmarks/render.py` puts it in docs/benchmarks.md)",
+    )
     parser.add_argument(
         "--prepare-data",
         type=Path,
@@ -139,6 +161,7 @@ def prepare(target: Path, spec: DictConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     settings, data_spec, peak = load_settings(args.dry_run)
@@ -171,11 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # also stops Lightning's DDP raising them, and reaches the
         os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # train_resume phase's subprocesses
     data_dir = data_dir.resolve() if data_dir is not None else None
+    command = shlex.join(["python", "scripts/gpu_check.py", *argv])
+    destination = Destination(out, args.dry_run, command, (out, args.record) if args.record else (out,))
     check = Check(settings, out, device, data_dir, data_spec, args.dry_run, peak)
     header = describe(device, args.dry_run, data_dir)
     names = args.only or list(PHASES)
     if "train_resume" in names:
         start_train_server()
-    results = run_check(check, names, header)
-    print(write_report(out, results, header), flush=True)
+    results = run_check(check, names, header, destination)
+    print(write_report(results, header, destination), flush=True)
     return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
