@@ -553,9 +553,11 @@ def case_gpu_check_without_data(cases: Cases) -> Row:
             env=cases.env(DGGGAN_DATA_DIR=str(cwd / "no-data")),
         ),
     )
-    report = out / "gpu_check.json"
+    # since 3743dd4 the dry run's result file is benchmarks/record.py's, phases under "figures"
+    report = next((p for p in (out / "gpu_check_dry_run.json", out / "gpu_check.json") if p.is_file()), out)
     if report.is_file():
-        phases = json.loads(report.read_text()).get("phases", {})
+        data = json.loads(report.read_text())
+        phases = data.get("phases") or data.get("figures", {}).get("phases", {})
         states = {}
         for name, phase in phases.items() if isinstance(phases, dict) else []:
             state = phase.get("status", "?") if isinstance(phase, dict) else str(phase)

@@ -176,19 +176,26 @@ def test_phases_run_within_the_total_budget_and_failures_do_not_stop_the_rest(tm
     assert "| fine | pass | value 1.5 |" in (tmp_path / "gpu_check.md").read_text()
 
 
+@pytest.mark.parametrize("source", ["absent", "empty"])
 def test_dry_run_without_data_skips_each_phase_that_needs_it_in_one_line(
-    tmp_path, monkeypatch, capsys
+    source: str, tmp_path, monkeypatch, capsys
 ) -> None:
     """One rule for every phase that reads the data folder: skipped in one line naming the path, exit status 0.
-    Before: the validation phase errored (exit 1, a 12-line traceback) while the other two were skipped."""
-    monkeypatch.setenv("DGGGAN_DATA_DIR", str(tmp_path / "absent"))  # no data to prepare the toy folder from
+    Before: the validation phase errored (exit 1, a 12-line traceback) while the other two were skipped; with an
+    empty $DGGGAN_DATA_DIR, preparing the toy folder raised FileNotFoundError before any phase ran."""
+    if source == "empty":
+        (tmp_path / "data").mkdir()
+    monkeypatch.setenv("DGGGAN_DATA_DIR", str(tmp_path / "data"))  # no data to prepare the toy folder from
     monkeypatch.setattr(cli, "DEFAULT_CARRIED", tmp_path / "absent_carried")
     out = tmp_path / "check"
 
     assert main(["--dry-run", "--out", str(out), "--only", *DATA_PHASES]) == 0
 
     printed = capsys.readouterr()
-    lines = [line for line in printed.out.splitlines() if line.startswith("gpu_check: phase")]
+    said = printed.out.splitlines()
+    assert [line.startswith("gpu_check: no toy data folder") for line in said[:1]] == [source == "empty"]
+    assert not (out / "data").exists()  # nothing half-copied left behind
+    lines = [line for line in said if line.startswith("gpu_check: phase")]
     assert [line.split()[2:4] for line in lines] == [[name, "skipped:"] for name in DATA_PHASES]
     assert "sr-benchmarks/Set5/HR" in lines[0] and "0853x4.png" in lines[2] and "--prepare-data" in lines[1]
     assert "Traceback" not in printed.err

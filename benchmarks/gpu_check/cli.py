@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -150,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_data(dry_run: bool, out: Path, spec: DictConfig) -> Path | None:
+    """The data folder without `--data`: for a dry run, a toy one prepared from $DGGGAN_DATA_DIR; else the
+    carried `.gpu_data/`; else none, and the phases that read one are skipped. A source that cannot fill the toy
+    folder (no `sr-benchmarks/` in it) is said in one line, not raised."""
+    source = default_source()
+    if dry_run and source.is_dir():
+        try:
+            return Path(prepare_data(source, out / "data", spec, None)["folder"])
+        except FileNotFoundError as error:
+            shutil.rmtree(out / "data", ignore_errors=True)  # nothing half-copied is left
+            print(f"gpu_check: no toy data folder from {source} ({error})", flush=True)
+    return DEFAULT_CARRIED if DEFAULT_CARRIED.is_dir() else None
+
+
 def prepare(target: Path, spec: DictConfig) -> dict[str, Any]:
     """`--prepare-data`: the budget is the device tree's limit minus the tree, the wheels and a margin."""
     used = tree_bytes(REPO_ROOT, [WHEELS] if WHEELS.is_dir() else [])
@@ -180,11 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = args.data
-    if data_dir is None and args.dry_run and default_source().is_dir():
-        data_dir = Path(prepare_data(default_source(), out / "data", data_spec, None)["folder"])
-    elif data_dir is None and DEFAULT_CARRIED.is_dir():
-        data_dir = DEFAULT_CARRIED
+    data_dir = args.data if args.data is not None else default_data(args.dry_run, out, data_spec)
     if data_dir is not None and not data_dir.is_dir():
         parser.error(f"--data {data_dir}: no such folder (prepare it with --prepare-data)")
     device = torch.device("cpu" if args.dry_run else "cuda")
