@@ -30,7 +30,15 @@ from dgggan_pl.data import io
 from dgggan_pl.data.datasets import FolderPairs, InMemoryFolders, match_lr_files
 from dgggan_pl.data.io import ImageFolderError, list_images, read_image
 from dgggan_pl.report import main as report_main
-from dgggan_pl.runs import LOCK_FILE, RunFolderError, RunLock, discard_unused_run_dir, refuse_finished_run
+from dgggan_pl.resume_checks import check_resume
+from dgggan_pl.runs import (
+    LOCK_FILE,
+    ResumeError,
+    RunFolderError,
+    RunLock,
+    discard_unused_run_dir,
+    refuse_finished_run,
+)
 from dgggan_pl.utils.exits import Interrupted, exit_on_signals, interruptible
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -276,7 +284,7 @@ def test_unreadable_training_files_are_skipped_counted_and_capped(tmp_path, capl
         source = FolderPairs(folder, None, scale=4, max_unreadable=1)
     assert len(source) == 4 and [p.name for p in source.hr_paths] == ["0.png", "1.png", "2.png", "3.png"]
     assert len(source.unreadable) == 1 and "broken.png" in source.unreadable[0]
-    assert "skipped unreadable training image" in caplog.text and "broken.png" in caplog.text
+    assert "skipped training image" in caplog.text and "broken.png" in caplog.text
     with pytest.raises(
         ImageFolderError, match=r"1 of 5 training images .* data.train_source.max_unreadable=0"
     ):
@@ -441,3 +449,164 @@ def test_resume_latest_without_a_run_leaves_no_folder(tmp_path, monkeypatch) -> 
     (kept / "train.log").write_text("")
     (kept / "notes.md").write_text("mine")
     assert not discard_unused_run_dir(kept) and (kept / "notes.md").exists()
+
+
+# 10. photos smaller than the training crop (issue 30, item 2): skipped and listed at start, or one line
+
+
+def test_photos_smaller_than_the_crop_are_skipped_and_listed_at_start(tmp_path, caplog) -> None:
+    folder = tmp_path / "photos"
+    for index in range(2):
+        _image(folder / f"{index}.png", 40, 40, seed=index)
+    _image(folder / "tiny.png", height=20, width=24)
+    with caplog.at_level(logging.WARNING):
+        source = FolderPairs(folder, None, scale=4, max_unreadable=10, min_size=32)
+    assert [p.name for p in source.hr_paths] == ["0.png", "1.png"]
+    assert source.unreadable == [
+        f"{folder / 'tiny.png'}: 24x20, smaller than the 32x32 training crop (lower hr_patch_size or remove the file)"
+    ]
+    assert "tiny.png" in caplog.text
+    assert [p.name for p in InMemoryFolders([folder], max_unreadable=10, min_size=32).hr_paths] == [
+        "0.png",
+        "1.png",
+    ]
+    for build in (
+        lambda: FolderPairs(folder, None, scale=4, max_unreadable=0, min_size=32),
+        lambda: InMemoryFolders([folder], max_unreadable=0, min_size=32),
+    ):
+        with pytest.raises(ImageFolderError) as refused:
+            build()
+        message = str(refused.value)
+        assert (
+            "\n" not in message
+            and f"{folder / 'tiny.png'}: 24x20, smaller than the 32x32 training crop" in message
+        )
+        assert message.startswith("1 of 3 training images") and "max_unreadable=0" in message
+    no_photo_holds_the_crop = "3 of 3 training images"  # the run never starts
+    with pytest.raises(ImageFolderError, match=no_photo_holds_the_crop):
+        FolderPairs(folder, None, scale=4, max_unreadable=10, min_size=48)
+
+
+def test_lr_files_smaller_than_the_lr_crop_are_skipped(tmp_path) -> None:
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    _image(hr_dir / "a.png", 64, 64), _image(lr_dir / "a.png", 16, 16)
+    _image(hr_dir / "b.png", 64, 64), _image(lr_dir / "b.png", 7, 16)  # LR crop 32 / 4 = 8
+    source = FolderPairs(hr_dir, lr_dir, scale=4, max_unreadable=10, min_size=32)
+    assert [p.name for p in source.hr_paths] == ["a.png"] and len(source.unreadable) == 1
+    assert source.unreadable[0].startswith(f"{lr_dir / 'b.png'}: 16x7, smaller than the 8x8 training crop")
+
+
+def test_data_folder_passes_the_crop_to_its_source(compose, tmp_path) -> None:
+    from hydra.utils import instantiate
+
+    from dgggan_pl.config import config_dir
+
+    _image(tmp_path / "photos" / "big.png", 40, 40)
+    _image(tmp_path / "photos" / "tiny.png", 20, 24)
+    cfg = compose(["debug=smoke", "data=folder", f"data.train_source.hr_dir={tmp_path / 'photos'}"])
+    assert cfg.data.train_source.min_size == cfg.hr_patch_size == 32
+    source = instantiate(cfg.data.train_source)()  # what SRDataModule.setup("fit") builds
+    assert [p.name for p in source.hr_paths] == ["big.png"] and "tiny.png" in source.unreadable[0]
+    for name in ("div2k", "benchmark_train"):  # the same interpolation in the other folder sources
+        source_cfg = OmegaConf.load(config_dir() / "data" / f"{name}.yaml").train_source
+        assert OmegaConf.to_container(source_cfg)["min_size"] == "${..hr_patch_size}"
+
+
+# 11. resumes that cannot work (issue 30, item 3): one line before anything is written
+
+
+def _smoke_checkpoint(cfg, path: Path, batches: int = 4, batch_size: int = 2) -> Path:
+    """A training checkpoint of `cfg`'s generator, stopped after `batches` of an 8-batch epoch."""
+    from hydra.utils import instantiate
+
+    state = {f"generator.{k}": v for k, v in instantiate(cfg.model.generator).state_dict().items()}
+    loader = {
+        "epoch": 0,
+        "batches": batches,
+        "batch_size": batch_size,
+        "num_replicas": 1,
+        "batches_per_epoch": 8,
+    }
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"model": OmegaConf.to_container(cfg.model, resolve=True)},
+            "loops": {"fit_loop": {"state_dict": {"combined_loader": [loader]}}},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture
+def resumable(compose, tmp_path):
+    """(config resuming <tmp>/run, its checkpoints folder holding last.ckpt and best-2.ckpt)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = compose(["debug=smoke", f"resume={run}", f"paths.output_dir={run}", "data.samples_per_epoch=16"])
+    _smoke_checkpoint(cfg, run / "checkpoints" / "best-2.ckpt", batches=2)
+    _smoke_checkpoint(cfg, run / "checkpoints" / "last.ckpt")
+    return cfg, run / "checkpoints"
+
+
+def test_resume_from_a_truncated_checkpoint_names_the_intact_ones(resumable) -> None:
+    cfg, checkpoints = resumable
+    last = checkpoints / "last.ckpt"
+    check_resume(cfg, last, world_size=1)  # fits: nothing to say
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(ResumeError) as refused:
+        check_resume(cfg, last, world_size=1)
+    message = str(refused.value)
+    assert message.startswith(f"ckpt_path={last}: cannot be loaded (RuntimeError: ") and "\n" not in message
+    assert message.endswith(
+        f"truncated or damaged; intact beside it: best-2.ckpt; continue from best-2.ckpt with "
+        f"resume={checkpoints.parent} ckpt_path={checkpoints / 'best-2.ckpt'}"
+    )
+    (checkpoints / "best-2.ckpt").unlink()
+    with pytest.raises(ResumeError, match=f"no other checkpoint in {checkpoints} loads: start a new run"):
+        check_resume(cfg, last)
+
+
+def test_resume_with_another_model_names_the_tensor_and_the_key(resumable) -> None:
+    cfg, checkpoints = resumable
+    OmegaConf.update(cfg, "model.generator.channels", 16)
+    with pytest.raises(ResumeError) as refused:
+        check_resume(cfg, checkpoints / "last.ckpt")
+    assert str(refused.value) == (
+        f"ckpt_path={checkpoints / 'last.ckpt'}: holds generator.image_branch.head.weight of shape (8, 3, 3, 3), "
+        "this config builds (16, 3, 3, 3) (model.generator differs from the checkpoint's: channels: 8 -> 16); "
+        "resume with the run's own model settings (its config_resolved.yaml), or start a new run"
+    )
+    OmegaConf.update(cfg, "model.generator.channels", 8)
+    OmegaConf.update(cfg, "optim.ema_decay", 0.999)
+    with pytest.raises(
+        ResumeError, match=r"holds no EMA generator \(generator_ema\.\*\) but optim.ema_decay"
+    ):
+        check_resume(cfg, checkpoints / "last.ckpt")
+
+
+LAYOUT_CHANGES = [  # (key, value, processes, what the refusal says)
+    (
+        "data.batch_size",
+        4,
+        1,
+        "with its global batch of 2 (data.batch_size=4 here); resume with data.batch_size=2",
+    ),
+    ("data.batch_size", 2, 2, "on 1 process(es) (2 here); resume on 1 (trainer.devices x trainer.num_nodes)"),
+    ("data.samples_per_epoch", 32, 1, "in epochs of 8 batches (data.samples_per_epoch=32 makes 16 here)"),
+]
+
+
+def test_resume_mid_epoch_refuses_another_loader_layout(resumable) -> None:
+    cfg, checkpoints = resumable
+    epoch_end = _smoke_checkpoint(cfg, checkpoints / "epoch-end.ckpt", batches=8)
+    for key, value, world_size, says in LAYOUT_CHANGES:
+        changed = cfg.copy()
+        OmegaConf.update(changed, key, value)
+        with pytest.raises(ResumeError) as refused:
+            check_resume(changed, checkpoints / "last.ckpt", world_size=world_size)
+        assert str(refused.value).startswith(
+            f"ckpt_path={checkpoints / 'last.ckpt'}: stopped mid-epoch (batch 4 of 8), and the rest of that epoch "
+            f"replays only {says}"
+        )
+        check_resume(changed, epoch_end, world_size=world_size)  # a finished epoch resumes with any layout

@@ -137,32 +137,53 @@ class PairSource(Protocol):
     def load(self, index: int) -> tuple[Tensor | None, Tensor, str]: ...
 
 
-def readable_images(paths: Sequence[Path], max_unreadable: int, where: str) -> tuple[list[int], list[str]]:
-    """Indices of `paths` that `probe` can open, and `"<path>: <reason>"` for each one it cannot (each logged).
+def too_small(size: tuple[int, int], crop: int) -> bool:
+    """Whether a `(width, height)` image cannot give a `crop` x `crop` window."""
+    return min(size) < crop
 
-    Raises `ImageFolderError` when more than `max_unreadable` are unreadable, or all of them: a damaged copy of a
-    data set should stop the run, a few bad files among thousands should not.
+
+def _too_small_reason(path: Path, size: tuple[int, int], crop: int) -> str:
+    return (
+        f"{path}: {size[0]}x{size[1]}, smaller than the {crop}x{crop} training crop (lower hr_patch_size or "
+        "remove the file)"
+    )
+
+
+def usable_images(
+    paths: Sequence[Path], min_sizes: Sequence[int], max_unreadable: int, where: str
+) -> tuple[list[int], list[str]]:
+    """Indices of `paths` that `probe_image` can open and that hold the crop (`min_sizes[i]` pixels a side), and
+    `"<path>: <reason>"` for each one skipped (each logged).
+
+    Raises `ImageFolderError` when more than `max_unreadable` are skipped, or all of them: a damaged copy of a
+    data set (or a crop larger than its photos) should stop the run before it starts, a few bad files among
+    thousands should not.
     """
-    readable: list[int] = []
-    unreadable: list[str] = []
-    for index, path in enumerate(paths):
+    usable: list[int] = []
+    skipped: list[str] = []
+    for index, (path, min_size) in enumerate(zip(paths, min_sizes, strict=True)):
         try:
-            probe_image(path)
+            size = probe_image(path)
         except ImageReadError as error:
-            log.warning("skipped unreadable training image %s", error)
-            unreadable.append(str(error))
+            reason = str(error)
         else:
-            readable.append(index)
-    check_unreadable(unreadable, len(paths), max_unreadable, where)
-    return readable, unreadable
+            if not too_small(size, min_size):
+                usable.append(index)
+                continue
+            reason = _too_small_reason(path, size, min_size)
+        log.warning("skipped training image %s", reason)
+        skipped.append(reason)
+    check_skipped(skipped, len(paths), max_unreadable, where)
+    return usable, skipped
 
 
-def check_unreadable(unreadable: Sequence[str], total: int, max_unreadable: int, where: str) -> None:
-    """Stop (one line) when more than `max_unreadable` of `total` training images are unreadable, or all."""
-    if len(unreadable) > max_unreadable or (unreadable and len(unreadable) == total):
+def check_skipped(skipped: Sequence[str], total: int, max_unreadable: int, where: str) -> None:
+    """Stop (one line) when more than `max_unreadable` of `total` training images are skipped (unreadable or
+    smaller than the crop), or all of them."""
+    if len(skipped) > max_unreadable or (skipped and len(skipped) == total):
         raise ImageFolderError(
-            f"{len(unreadable)} of {total} training images in {where} are unreadable (limit "
-            f"data.train_source.max_unreadable={max_unreadable}), first: {unreadable[0]}; repair or remove "
+            f"{len(skipped)} of {total} training images in {where} cannot be used (limit "
+            f"data.train_source.max_unreadable={max_unreadable}), first: {skipped[0]}; repair or remove "
             "them, or raise data.train_source.max_unreadable"
         )
 
@@ -170,9 +191,11 @@ def check_unreadable(unreadable: Sequence[str], total: int, max_unreadable: int,
 class FolderPairs:
     """HR images of a folder, with LR images of the same name from `lr_dir`, or None (generate LR).
 
-    Files that cannot be opened are skipped with a warning and listed in `unreadable` (the run record keeps
-    them); more than `max_unreadable` stop the run (`check_unreadable`). A file that opens but fails to decode
-    later (truncated after its header) is skipped when it is drawn: its neighbour is used instead.
+    Checked when built, from the file headers: files that cannot be opened, and images smaller than the training
+    crop (`min_size` HR pixels a side, `min_size / scale` for LR files), are skipped with a warning and listed in
+    `unreadable` (the run record keeps them); more than `max_unreadable` stop the run (`check_skipped`). A file
+    that opens but fails to decode later (truncated after its header) is skipped when it is drawn: its neighbour
+    is used instead.
     """
 
     def __init__(
@@ -181,6 +204,7 @@ class FolderPairs:
         lr_dir: str | os.PathLike | None,
         scale: int,
         max_unreadable: int = 0,
+        min_size: int = 0,
     ) -> None:
         self.hr_dir = Path(hr_dir)
         self.max_unreadable = int(max_unreadable)
@@ -190,15 +214,16 @@ class FolderPairs:
             hint="; prepare DIV2K with `python -m dgggan_pl.prepare` (docs/data.md) or set data.train_source.hr_dir",
         )
         lr_paths = None if lr_dir is None else match_lr_files(hr_paths, Path(lr_dir), scale)
-        keep, self.unreadable = readable_images(
-            [*hr_paths, *(lr_paths or [])], self.max_unreadable, str(hr_dir)
+        min_sizes = [int(min_size)] * len(hr_paths) + [-(-int(min_size) // int(scale))] * len(lr_paths or [])
+        keep, self.unreadable = usable_images(
+            [*hr_paths, *(lr_paths or [])], min_sizes, self.max_unreadable, str(hr_dir)
         )
         kept = set(keep)
         pairs = [
             i for i in range(len(hr_paths)) if i in kept and (lr_paths is None or i + len(hr_paths) in kept)
         ]
         if not pairs:
-            check_unreadable(self.unreadable, len(self.unreadable), self.max_unreadable, str(hr_dir))
+            check_skipped(self.unreadable, len(self.unreadable), self.max_unreadable, str(hr_dir))
         self.hr_paths = [hr_paths[i] for i in pairs]
         self.lr_paths = None if lr_paths is None else [lr_paths[i] for i in pairs]
 
@@ -216,9 +241,9 @@ class FolderPairs:
                 return self._read((index + offset) % len(self))
             except ImageReadError as error:
                 if str(error) not in self.unreadable:
-                    log.warning("skipped unreadable training image %s", error)
+                    log.warning("skipped training image %s", error)
                     self.unreadable.append(str(error))
-                check_unreadable(
+                check_skipped(
                     self.unreadable, len(self) + len(self.unreadable), self.max_unreadable, str(self.hr_dir)
                 )
         raise ImageFolderError(f"no training image of {self.hr_dir} can be read; repair or replace them")
@@ -228,11 +253,13 @@ class InMemoryFolders:
     """HR images of several folders, decoded once and held in memory; LR is always generated (None).
 
     For training on a few hundred whole images (e.g. BSD100 + Urban100 HR for a CPU learning check), where
-    decoding a large PNG for every 48-pixel crop would cost more than the training step. Unreadable files are
-    skipped and listed in `unreadable`, as in `FolderPairs`.
+    decoding a large PNG for every 48-pixel crop would cost more than the training step. Unreadable files and
+    images smaller than the crop (`min_size`) are skipped and listed in `unreadable`, as in `FolderPairs`.
     """
 
-    def __init__(self, hr_dirs: Sequence[str | os.PathLike], max_unreadable: int = 0) -> None:
+    def __init__(
+        self, hr_dirs: Sequence[str | os.PathLike], max_unreadable: int = 0, min_size: int = 0
+    ) -> None:
         if not hr_dirs:
             raise ImageFolderError(
                 "InMemoryFolders needs at least one folder (config key data.train_source.hr_dirs)"
@@ -247,12 +274,19 @@ class InMemoryFolders:
         self.unreadable: list[str] = []
         for path in paths:
             try:
-                self.images.append(read_image(path))
-                self.hr_paths.append(path)
+                image = read_image(path)
             except ImageReadError as error:
-                log.warning("skipped unreadable training image %s", error)
-                self.unreadable.append(str(error))
-        check_unreadable(self.unreadable, len(paths), int(max_unreadable), ", ".join(map(str, hr_dirs)))
+                reason = str(error)
+            else:
+                size = (int(image.shape[-1]), int(image.shape[-2]))
+                if not too_small(size, int(min_size)):
+                    self.images.append(image)
+                    self.hr_paths.append(path)
+                    continue
+                reason = _too_small_reason(path, size, int(min_size))
+            log.warning("skipped training image %s", reason)
+            self.unreadable.append(reason)
+        check_skipped(self.unreadable, len(paths), int(max_unreadable), ", ".join(map(str, hr_dirs)))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -337,7 +371,7 @@ class WholeImageDataset(Dataset):
 
 
 def unreadable_training_files(datamodule: Any) -> list[str]:
-    """`"<path>: <reason>"` of each training file skipped as unreadable (for run_info.json); [] when the
-    training set was not built or its source does not skip files."""
+    """`"<path>: <reason>"` of each training file skipped as unreadable or smaller than the crop (for
+    run_info.json); [] when the training set was not built or its source does not skip files."""
     dataset = getattr(datamodule, "train_dataset", None)
     return list(getattr(getattr(dataset, "source", None), "unreadable", []))

@@ -170,12 +170,13 @@ def other_files(folder: str | os.PathLike) -> list[Path]:
     )
 
 
-def probe_image(path: str | os.PathLike) -> None:
-    """Raise `ImageReadError` when `path` is not an image Pillow can open (reads the header only: cheap enough
-    for every file of a training folder; a file truncated after its header fails later, in `read_image`)."""
+def probe_image(path: str | os.PathLike) -> tuple[int, int]:
+    """`(width, height)` of an image file as stored; `ImageReadError` when Pillow cannot open it. Reads the header
+    only: cheap enough for every file of a training folder (a file truncated after its header fails later, in
+    `read_image`)."""
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018  (parsed with the header)
+            return image.size  # parsed with the header
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
 
