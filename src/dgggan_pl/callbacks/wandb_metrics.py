@@ -16,15 +16,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, count_gflops
+from dgggan_pl.metrics.keys import benchmark_key  # the training module logs under the same function's keys
 from dgggan_pl.metrics.registry import GOALS  # which way is better, per metric (metrics/registry.py)
 
 GFLOPS_KEY = "model/generator_gflops"  # summary: the generator's cost, for the report's Table 2
 ABLATION_KEY = "ablation"  # top-level W&B config key the dashboard groups runs by
-
-
-def benchmark_key(stage: str, set_name: str, metric: str) -> str:
-    """The key the training module logs a benchmark metric under (`val/Set14/pi`, `test/Set5/psnr`)."""
-    return f"{stage}/{set_name}/{metric}"
 
 
 def summary_of(metric: str) -> str:
