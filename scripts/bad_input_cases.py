@@ -1,6 +1,7 @@
 """Issue 30's bad-input cases, each run as a user would run it, one table row each (docs/bad-input.md).
 
     python scripts/bad_input_cases.py [--checkout DIR] [--only 3a 6c ...] [--heavy] [--json FILE]
+    python scripts/bad_input_cases.py --compare BEFORE.json AFTER.json   # one table of two runs
 
 `--checkout` is the source tree whose `src/` (and `conf/`, `scripts/`) the commands run (default: this one),
 so the same cases measure a commit before and after a change:
@@ -621,6 +622,28 @@ def all_cases(tries: int, heavy: bool) -> dict[str, Callable[[Cases], Row]]:
     return cases
 
 
+def _cell(row: dict | None) -> tuple[str, str, str]:
+    return ("", "", "not run") if row is None else (str(row["status"]), str(row["lines"]), row["left"])
+
+
+def compare(before: Path, after: Path) -> str:
+    """One table of two `--json` files: each case's exit status, lines and leftovers, before and after."""
+    rows = {
+        side: {r["case"]: r for r in json.loads(path.read_text())}
+        for side, path in (("b", before), ("a", after))
+    }
+    lines = [
+        "| case | what | exit before | after | lines before | after | left behind before | after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case in dict.fromkeys([*rows["b"], *rows["a"]]):
+        old, new = rows["b"].get(case), rows["a"].get(case)
+        what = (new or old or {}).get("what", "")
+        (s0, l0, left0), (s1, l1, left1) = _cell(old), _cell(new)
+        lines.append(f"| {case} | {what} | {s0} | {s1} | {l0} | {l1} | {left0} | {left1} |")
+    return "\n".join(lines)
+
+
 def table(rows: Sequence[Row]) -> str:
     lines = ["| case | what | exit | lines | left behind |", "|---|---|---|---|---|"]
     lines += [f"| {r.case} | {r.what} | {r.status} | {r.lines} | {r.left} |" for r in rows]
@@ -639,7 +662,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heavy", action="store_true", help="also the 12000x8000 upscale (minutes)")
     parser.add_argument("--tries", type=int, default=6, help="attempts of the two-run race (case 1)")
     parser.add_argument("--json", type=Path, help="also write the rows (with each case's last line) here")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="only print two --json files side by side",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
     data_dir = Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     chosen = all_cases(args.tries, args.heavy)
     unknown = sorted(set(args.only or ()) - set(chosen))
