@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,19 @@ def launcher(tmp_path: Path, fake_srun: None) -> Iterator[SlurmDDPLauncher]:
     HydraConfig.instance().cfg = None
 
 
+def sbatch_directives(script: str) -> dict[str, str]:
+    """A batch script's `#SBATCH --option[=value]` lines as sbatch reads them: option -> value, up to the first
+    command (later `#SBATCH` lines are plain comments to sbatch)."""
+    directives = {}
+    for line in script.splitlines()[1:]:
+        if line.strip() and not line.startswith("#"):
+            break
+        if line.startswith("#SBATCH "):
+            option, _, value = line.removeprefix("#SBATCH ").split(" #", 1)[0].strip().partition("=")
+            directives[option] = value
+    return directives
+
+
 def _sbatch(launcher: SlurmDDPLauncher, job_cfgs: list[DictConfig]) -> str:
     launcher.resolve_gpus(job_cfgs)
     return launcher.make_executor()._executor._make_submission_file_text(command="python -m x", uid="u")
@@ -75,17 +89,52 @@ def _sbatch(launcher: SlurmDDPLauncher, job_cfgs: list[DictConfig]) -> str:
 def test_sbatch_parameters(launcher: SlurmDDPLauncher) -> None:
     assert type(launcher).__name__ == "SlurmDDPLauncher"  # Hydra's plugin scan loads its own module copy
     sbatch = _sbatch(launcher, [launcher.config])  # trainer.accelerator=auto: one GPU per task
-    for line in [
-        "#SBATCH --nodes=2",
-        "#SBATCH --ntasks-per-node=4",
-        "#SBATCH --gpus-per-node=4",
-        "#SBATCH --partition=gpu",
-        "#SBATCH --time=4320",
-        "#SBATCH --cpus-per-task=8",
-        "#SBATCH --signal=USR2@120",
-    ]:
-        assert line in sbatch.splitlines(), f"{line} missing from:\n{sbatch}"
+    expected = {
+        "--nodes": "2",
+        "--ntasks-per-node": "4",
+        "--gpus-per-node": "4",
+        "--partition": "gpu",
+        "--time": "4320",
+        "--cpus-per-task": "8",
+        "--signal": "USR2@120",
+    }
+    directives = sbatch_directives(sbatch)
+    assert {key: directives.get(key) for key in expected} == expected, sbatch
     assert "srun" in sbatch
+
+
+SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sbatch_train.sh"
+
+
+def test_sbatch_script_requeues_and_sizes_the_trainer_from_the_allocation(tmp_path: Path) -> None:
+    """scripts/sbatch_train.sh (docs/sweeps.md): its directives ask for the requeue signal and allow requeueing,
+    and the Trainer's layout comes from the allocation, for one node or several (run here with a stand-in
+    `srun` that prints what it was given)."""
+    directives = sbatch_directives(SBATCH_SCRIPT.read_text())
+    assert directives["--signal"] == "USR2@120" and "--requeue" in directives
+    assert directives["--ntasks-per-node"] == directives["--gpus-per-node"] == "1"  # one rank per GPU
+    assert directives["--open-mode"] == "append" and "--array" not in directives
+    (tmp_path / "srun").write_text('#!/bin/sh\necho "$@"\n')
+    (tmp_path / "srun").chmod(0o755)
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "DGGGAN_PYTHON": "py"}
+    for nodes, tasks, layout in [
+        ("1", "1", "trainer.num_nodes=1 trainer.devices=1"),
+        ("4", "32", "trainer.num_nodes=4 trainer.devices=8"),
+    ]:
+        job = {**env, "SLURM_JOB_NUM_NODES": nodes, "SLURM_NTASKS": tasks}
+        ran = subprocess.run(
+            ["bash", str(SBATCH_SCRIPT), "experiment=full"], env=job, capture_output=True, text=True
+        )
+        assert ran.stdout.split() == [
+            "--kill-on-bad-exit=1",
+            "py",
+            "-m",
+            "dgggan_pl.train",
+            *layout.split(),
+            "experiment=full",
+        ]
+    outside = subprocess.run(["bash", str(SBATCH_SCRIPT)], env=env, capture_output=True, text=True)
+    assert outside.returncode != 0 and "run this script with sbatch" in outside.stderr
 
 
 def test_jobs_get_the_launcher_rank_layout(launcher: SlurmDDPLauncher) -> None:

@@ -189,6 +189,22 @@ def accounting_enabled(timeout_s: float = 30.0) -> bool:
     return result is not None and result.returncode == 0
 
 
+def this_job_id() -> str:
+    """Inside a job: its id as squeue and scontrol name it (`<array job>_<task>` for an array task)."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{task}" if array_job and task else os.environ["SLURM_JOB_ID"]
+
+
+def requeue(job_id: str, timeout_s: float = 60.0) -> str | None:
+    """`scontrol requeue <job_id>`: None once SLURM accepted it, else what went wrong."""
+    result = _run(["scontrol", "requeue", job_id], timeout_s)
+    if result is None:
+        return "scontrol could not be run"
+    if result.returncode != 0:
+        return result.stderr.strip() or f"exit status {result.returncode}"
+    return None
+
+
 def this_job_requeued(timeout_s: float = 10.0) -> bool:
     """Inside a job: whether SLURM is requeueing it (scontrol requeue, preemption, submitit's requeue)
     rather than ending it (scancel). A requeue counts up the job's `Restarts` past this run's

@@ -35,8 +35,8 @@ from dgggan_pl.launch.compose import job_config
 from dgggan_pl.launch.rank_entry import rank_overrides
 from dgggan_pl.launch.requeue import (
     CALLBACK_OVERRIDE,
+    defer_submitit_signals,
     exit_code_after_stop,
-    install_deferred_handler,
     resume_overrides,
 )
 from dgggan_pl.launch.runner import exit_by_signal
@@ -198,12 +198,11 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         singleton_state: dict[type, Singleton],
     ) -> JobReturn:
         """Runs inside each SLURM task: ranks > 0 neither write `.hydra/` nor share rank 0's log file, and
-        submitit's requeue signal waits for last.ckpt while the Trainer fits."""
+        submitit's requeue signal and SIGTERM wait for last.ckpt while the Trainer fits."""
         import submitit
 
         environment = submitit.JobEnvironment()
-        install_deferred_handler(environment._usr_sig())
-        install_deferred_handler(signal.SIGTERM)  # scontrol requeue, preemption, scancel
+        defer_submitit_signals(environment._usr_sig(), environment.global_rank)
         assert self.config is not None
         extra = rank_overrides(str(self.config.hydra.job.name), environment.global_rank)
         try:
