@@ -2,18 +2,21 @@
 
 On a GPU, reading a device value on the host (`.item()`, `bool(t)`, `float(t)`, ...) waits for every kernel
 queued so far, and so does turning a Python number into a device tensor (what `self.log(name, 1.0)` does).
-These tests count the first kind on CPU with patched `Tensor` methods, and require the second kind to be
-absent (every value the step logs is already a tensor), so neither can creep back unnoticed.
+These tests count the first kind on CPU with patched `Tensor` methods (`host_sync_probe`), and require the
+second kind to be absent (every value the step logs is already a tensor), so neither can creep back unnoticed:
+in one process, and on every rank of a 2-process DDP run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -21,37 +24,20 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from dgggan_pl.launch.commands import clean_env
 from dgggan_pl.module import DGGGANModule
+from host_sync_probe import HostReads
 from test_module import fit
 
-# Tensor methods that hand a device value to the host.
-HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+TESTS_DIR = Path(__file__).resolve().parent
 
 
-TORCH_OPTIM = str(Path(torch.optim.__file__).parent)
-
-
-def _reads_a_host_value(caller: FrameType) -> bool:
-    """torch.optim reads its per-parameter step counters, which it keeps on the CPU (capturable=False) even
-    for GPU parameters: not a device synchronisation."""
-    return caller.f_code.co_filename.startswith(TORCH_OPTIM)
-
-
-class SyncCounter:
-    """Counts host reads of tensor values while `active`, patched onto `torch.Tensor`."""
+class SyncCounter(HostReads):
+    """`HostReads` patched with pytest's monkeypatch (undone after the test), counting inside `counting()`."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.reads: Counter[str] = Counter()
-        self.active = False
-        for name in HOST_READS:
-            original = getattr(torch.Tensor, name)
-
-            def counted(tensor: Tensor, *args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
-                if self.active and not _reads_a_host_value(sys._getframe(1)):
-                    self.reads[_name] += 1
-                return _original(tensor, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, name, counted)
+        super().__init__()
+        self.install(lambda name, value: monkeypatch.setattr(torch.Tensor, name, value))
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:
@@ -103,3 +89,41 @@ def test_one_host_read_per_optimizer_step(compose, monkeypatch, overrides, steps
     python_numbers = {name: kind.__name__ for name, kind in module.logged.items() if kind is not Tensor}
     assert not python_numbers, f"logged as Python numbers (a host-to-device copy each): {python_numbers}"
     assert {"train/iteration", "train/lr_g", "train/loss_g"} <= set(module.logged)
+
+
+# Where a 2-rank DDP run reads values between training steps, and why none of them is the step's.
+STEP_DECISION = "dgggan_pl/module.py:_finite_on_every_rank"  # the one read per optimizer step
+SIGTERM_BROADCAST = "lightning/pytorch/loops/training_epoch_loop.py:_broadcast_sigterm_tensor"
+LOGGED_SCALARS = "lightning/fabric/utilities/apply_func.py:to_item"  # every `log_every_n_steps`
+DATA_LOADING = (
+    "dgggan_pl/data/"  # CPU tensors of the crop/flip draws (in DataLoader workers when num_workers > 0)
+)
+
+
+@pytest.mark.slow
+def test_one_host_read_per_optimizer_step_on_every_rank_of_ddp(tmp_path) -> None:
+    """The claim above under 2-rank DDP (`trainer=ddp_cpu`, gloo): inside each GAN iteration every rank reads
+    exactly twice, both at the step decision. Before each batch Lightning's loop adds one read under DDP (it
+    broadcasts rank 0's SIGTERM flag, in Lightning 2.6), besides the logged scalars and the data's CPU draws."""
+    iterations = 3
+    command = [
+        sys.executable, "-m", "dgggan_pl.train", "experiment=full", "debug=smoke", "loss.terms.percept.weight=0",
+        "trainer=ddp_cpu", "logger=none", "callbacks.image_panels=null", f"iterations={iterations}",
+        "trainer.val_check_interval=1000", "+callbacks.host_syncs={_target_:host_sync_probe.HostSyncProbe}",
+        f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip
+    env = {
+        **clean_env(os.environ),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank in (0, 1):
+        record = json.loads((tmp_path / "ranks" / f"host_syncs{rank}.json").read_text())
+        assert record["world_size"] == 2
+        assert record["in_batch"] == [{STEP_DECISION: 2}] * iterations
+        for before in record["before_batch"][1:]:  # the first one also holds the epoch's sampler set-up
+            others = {site: n for site, n in before.items() if not site.startswith(DATA_LOADING)}
+            assert set(others) == {SIGTERM_BROADCAST, LOGGED_SCALARS}  # debug=smoke logs every step
+            assert others[SIGTERM_BROADCAST] == 1

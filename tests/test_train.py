@@ -13,7 +13,8 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
-from dgggan_pl.train import build_module, derive_max_steps, resolve_ckpt_path, train
+from dgggan_pl.runs import resolve_ckpt_path
+from dgggan_pl.train import build_module, derive_max_steps, train
 from dgggan_pl.weights import WeightsError
 
 SMOKE = ["debug=smoke", "logger=csv"]
@@ -56,7 +57,7 @@ def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
     assert rank["world_size"] == 1 and rank["config_sha256"] == info["config_sha256"]
     resolved = OmegaConf.load(output_dir / "config_resolved.yaml")
     assert (
-        resolved.loss.terms.adv.weight == 0 and "${" not in (output_dir / "config_resolved.yaml").read_text()
+        "adv" not in resolved.loss.active and "${" not in (output_dir / "config_resolved.yaml").read_text()
     )
     assert list((output_dir / "panels").glob("*.png"))
 
@@ -222,3 +223,43 @@ def test_a_width_mismatch_in_init_from_is_summarised(compose, tiny_generator_che
     message = str(caught.value)
     assert "\n" not in message and len(message) < 600, message
     assert "tensors have other shapes" in message and "more" in message and str(path) in message
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_keep_the_lock_holders_record(tmp_path) -> None:
+    """Issue: Hydra wrote `.hydra/` before the lock, so a run refused at the lock could leave its config as the
+    record of the run that holds the folder. Now only the lock holder writes it, however close the starts."""
+    import subprocess
+    import sys
+
+    from dgggan_pl.launch.commands import clean_env
+
+    run_dir = tmp_path / "run"
+    env = {**clean_env(os.environ), "OMP_NUM_THREADS": "1"}
+    runs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-m", "dgggan_pl.train", "experiment=pretrain", *SMOKE, f"seed={seed}"]
+            + ["callbacks.image_panels=null", f"hydra.run.dir={run_dir}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)  # started a few milliseconds apart
+    }
+    outcomes = {seed: (p.wait(timeout=600), p.stderr.read() if p.stderr else "") for seed, p in runs.items()}
+    (winner,) = [seed for seed, (code, _) in outcomes.items() if code == 0]
+    loser = 3 - winner
+    refusal = outcomes[loser][1].splitlines()[-1]
+    assert outcomes[loser][0] == 1 and (
+        "is in use by another run" in refusal or "already holds a run" in refusal
+    )
+    assert f"seed={winner}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == winner
+    assert OmegaConf.load(run_dir / "config_resolved.yaml").seed == winner
+    assert json.loads((run_dir / "run_info.json").read_text())["seed"] == winner
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == [
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    ]

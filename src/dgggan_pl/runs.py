@@ -2,9 +2,18 @@
 
 `python -m dgggan_pl.train <overrides> resume=latest` resumes the newest run of `outputs/<task_name>/runs/`
 that has a `checkpoints/last.ckpt`; `resume=<run folder>` resumes that one. Hydra's `hydra.run.dir` and
-`hydra.output_subdir` are computed by the resolvers below (registered when `dgggan_pl.train` is imported), so
-a resumed run writes into its old folder, and Hydra's config files of the new attempt go to
-`.hydra/resume-<time>/` instead of overwriting the ones of the run's start.
+`hydra.job.name` are computed by the resolvers below (registered when `dgggan_pl.train` is imported):
+
+- a new run's folder is `outputs/<task_name>/runs/<time>`, or, when the launcher names the launch the same on
+  every rank and again after a requeue or restart, `slurm-<job id>` / `torchrun-<rdzv id>`
+  (`distributed.cluster.launch_folder_name`); without such a name the ranks of a launch take rank 0's folder
+  (they meet for it: `distributed.group`), so one launch is one folder whatever starts its processes;
+- a resumed run writes into its old folder;
+- ranks other than 0 log to `<job name>_rank<r>.log`.
+
+Hydra itself writes no config files (`hydra.output_subdir: null`): the run that holds the folder's lock writes
+them (`write_hydra_record`), in `.hydra/` for a new run and `.hydra/resume-<time>/` when it continues one, so a
+run refused at the lock never overwrites the record of the run that holds it.
 """
 
 from __future__ import annotations
@@ -12,14 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.utils.atomic import remove_stale_temp_files as remove_temp_files_in
+from dgggan_pl.utils.atomic import unwritable_reason, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +40,13 @@ LAST_CHECKPOINT = "last.ckpt"
 LATEST = "latest"
 HYDRA_SUBDIR = ".hydra"
 RESUME_PREFIX = "resume-"
-REFUSED_PREFIX = "refused-"
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra's output_subdir would hold
 RUN_DIR_RESOLVER = "dgggan_run_dir"
-CONFIG_SUBDIR_RESOLVER = "dgggan_config_subdir"
+JOB_NAME_RESOLVER = "dgggan_job_name"
 LOCK_FILE = ".run.lock"
 RUN_RECORD = "run_info.json"  # written by dgggan_pl.callbacks.run_info
+REQUEUED = "requeued"  # a run record's status: SLURM saved last.ckpt and restarts the job from it
+RUN_DIR_STEP = "run_dir"  # the start-up exchange in which the ranks take rank 0's new folder
 _STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 
@@ -79,47 +93,87 @@ def find_run_to_resume(resume: str, runs_root: str | os.PathLike) -> Path:
     return run
 
 
-# A resume target that does not exist, found while Hydra resolved hydra.run.dir. Raising there would print
-# Hydra's traceback; `dgggan_pl.train` raises it instead, as one line, before it writes anything.
-_pending: list[ResumeError] = []
+# An error met while Hydra resolved hydra.run.dir (a resume target that does not exist, ranks that did not meet).
+# Raising there would print Hydra's traceback; `dgggan_pl.train` raises it instead, as one line, before it
+# writes anything.
+_pending: list[Exception] = []
 
 
-def _run_dir(resume: str | None, fresh: str) -> str:
-    """hydra.run.dir: `fresh` (`outputs/<task>/runs/<time>`) for a new run, else the run to resume."""
-    if resume is None:
-        return fresh
+def _launch_layout(root: Any) -> Any:
+    """This process's rank layout for the run config `root` (None when it cannot be read: `train` then
+    refuses the config itself)."""
+    from dgggan_pl.distributed.cluster import trainer_layout
+
+    if root is None or "trainer" not in root:
+        return None  # not a training config (evaluate shares conf/hydra)
     try:
-        return str(find_run_to_resume(str(resume), Path(fresh).parent))
+        return trainer_layout(root).layout()
+    except Exception:
+        return None
+
+
+_agreed: dict[tuple[str | None, str], str] = {}  # (resume, fresh) -> rank 0's folder: the ranks meet once
+
+
+def _agreed_with_rank_zero(layout: Any, root: Any, key: tuple[str | None, str], choice: str) -> str:
+    """Rank 0's `choice` of the run folder, for every rank of a launch that names no folder itself."""
+    from dgggan_pl.distributed.group import GroupSettings, join
+
+    if key not in _agreed:
+        group = join(layout, GroupSettings.from_config(root.distributed))
+        _agreed[key] = str(group.exchange(RUN_DIR_STEP, choice)[0])
+    return _agreed[key]
+
+
+def _run_dir(resume: str | None, fresh: str, *, _root_: Any = None) -> str:
+    """hydra.run.dir: the run to resume, else a new folder under `fresh`'s parent named after the launch
+    (`slurm-<job>`, `torchrun-<id>`) or `fresh` (`outputs/<task>/runs/<time>`); several ranks without a launch
+    name take rank 0's choice."""
+    from dgggan_pl.distributed.cluster import launch_folder_name
+
+    runs_root = Path(fresh).parent
+    named = launch_folder_name() if resume is None else None
+    try:
+        choice = str(find_run_to_resume(str(resume), runs_root)) if resume is not None else fresh
     except ResumeError as error:
         _pending.append(error)
-        return fresh
+        choice = fresh
+    if named is not None:
+        return str(runs_root / named)
+    layout = _launch_layout(_root_)
+    if layout is None or not layout.distributed or layout.starts_node_processes:
+        return choice  # one process, or Lightning's launcher: its children get this folder from it
+    try:
+        return _agreed_with_rank_zero(layout, _root_, (resume, fresh), choice)
+    except Exception as error:  # every rank raises it in `train` before writing anything
+        _pending.append(error)
+        return choice
+
+
+def _job_name(*, _root_: Any = None) -> str:
+    """hydra.job.name: the app's name (`train`) on rank 0, `<name>_rank<r>` on rank r (its own log file)."""
+    from hydra.core.utils import JobRuntime
+
+    name = str(JobRuntime.instance().get("name"))
+    layout = _launch_layout(_root_)
+    return name if layout is None or layout.is_zero else f"{name}_rank{layout.global_rank}"
 
 
 def raise_pending_resume_error() -> None:
-    """Raise the error `resume=...` met while Hydra chose the run folder (see `_run_dir`), once: a later run in
-    the same process (tests, notebooks) does not inherit it."""
+    """Raise the error met while Hydra chose the run folder (see `_run_dir`), once: a later run in the same
+    process (tests, notebooks) does not inherit it."""
     if _pending:
         error = _pending[0]
         _pending.clear()
         raise error
 
 
-def _config_subdir(resume: str | None, ckpt_path: str | None, run_dir: str | None = None) -> str:
-    """hydra.output_subdir: `.hydra` for a new run; `.hydra/resume-<time>` when continuing an existing one;
-    `.hydra/refused-<time>` (removed when `train` refuses the folder) for a new run into a folder that holds or
-    runs another one, whose `.hydra/` it must not overwrite."""
-    if resume is None and ckpt_path is None:
-        occupied = run_dir is not None and any(
-            (Path(run_dir) / name).exists() for name in (LOCK_FILE, RUN_RECORD)
-        )
-        return f"{HYDRA_SUBDIR}/{REFUSED_PREFIX}{attempt_stamp()}" if occupied else HYDRA_SUBDIR
-    return f"{HYDRA_SUBDIR}/{RESUME_PREFIX}{attempt_stamp()}"
-
-
 def register_resolvers() -> None:
-    """Make `${dgggan_run_dir:...}` and `${dgggan_config_subdir:...}` available to conf/hydra (idempotent)."""
-    OmegaConf.register_new_resolver(RUN_DIR_RESOLVER, _run_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver(CONFIG_SUBDIR_RESOLVER, _config_subdir, replace=True, use_cache=True)
+    """Make `${dgggan_run_dir:...}` and `${dgggan_job_name:}` available to conf/hydra (idempotent)."""
+    # Not cached (OmegaConf cannot cache a resolver that reads the config): `_run_dir` is a pure function of its
+    # arguments except where the ranks agree, which happens once (`_agreed`).
+    OmegaConf.register_new_resolver(RUN_DIR_RESOLVER, _run_dir, replace=True)
+    OmegaConf.register_new_resolver(JOB_NAME_RESOLVER, _job_name, replace=True)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: str | None = None) -> str | None:
@@ -176,21 +230,32 @@ def _lock_is_live(holder: dict) -> bool:
 
 
 class RunLock:
-    """`<run>/.run.lock` (owner's pid, host, SLURM job, start time) held while a run writes to its folder."""
+    """`<run>/.run.lock` (owner's pid, host, SLURM job, start time) held while a run writes to its folder.
+
+    Its random `token` lets the other ranks of the run check that they see the same folder (`lock_token`).
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_FILE
+        self.token = secrets.token_hex(8)
         self.owner = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "token": self.token,
         }
         self.held = False
 
     def acquire(self) -> RunLock:
-        """Take the lock (a stale one is replaced, with a warning); `RunFolderError` when a live run holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock (a stale one is replaced, with a warning); `RunFolderError` when a live run holds it
+        or when the folder cannot be written (read-only)."""
+        reason = unwritable_reason(self.path.parent)
+        if reason is not None:
+            raise RunFolderError(
+                f"cannot write to the run folder {self.path.parent} ({reason}): make it writable or choose "
+                "another hydra.run.dir"
+            )
         for _ in range(2):
             if self._create():
                 self.held = True
@@ -231,6 +296,15 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
+def lock_token(run_dir: Path) -> str | None:
+    """The token of the lock in `run_dir` (None when there is none or it cannot be read)."""
+    try:
+        holder = json.loads((Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder.get("token") if isinstance(holder, dict) else None
+
+
 def refuse_finished_run(run_dir: Path, resuming: bool) -> None:
     """A new run must not write into a folder that holds another run's record (its checkpoints and records
     would mix); resuming that run is what continues it."""
@@ -246,10 +320,38 @@ def refuse_finished_run(run_dir: Path, resuming: bool) -> None:
         )
 
 
-def discard_refused_configs(run_dir: Path) -> None:
-    """Remove the `.hydra/refused-<time>/` config copies of attempts refused by `RunLock`/`refuse_finished_run`."""
-    for folder in (Path(run_dir) / HYDRA_SUBDIR).glob(f"{REFUSED_PREFIX}*"):
-        shutil.rmtree(folder, ignore_errors=True)
+def restarted_launch(run_dir: Path) -> bool:
+    """Whether this launch ran in `run_dir` before and its launcher started it again (a SLURM requeue or
+    preemption, a torchrun restart): the folder is named after this launch (`slurm-<job>`, `torchrun-<id>`),
+    holds its run record, and the launcher counts a restart or the record says `requeued`."""
+    from dgggan_pl.distributed.cluster import launch_folder_name, restart_count
+
+    run_dir = Path(run_dir)
+    if run_dir.name != launch_folder_name() or not (run_dir / RUN_RECORD).is_file():
+        return False
+    return restart_count() > 0 or recorded_status(run_dir) == REQUEUED
+
+
+def write_hydra_record(run_dir: Path, task_cfg: DictConfig, attempt: str, continuing: bool) -> Path | None:
+    """Hydra's record of this attempt (`config.yaml`, `hydra.yaml`, `overrides.yaml`, as `hydra.output_subdir`
+    would write them), written by the run that holds the folder's lock: `.hydra/` for a new run,
+    `.hydra/resume-<time>/` for an attempt that continues one (never over the start's record). Returns the
+    folder, or None outside a Hydra app (tests composing a config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    folder = Path(run_dir) / HYDRA_SUBDIR
+    if continuing:
+        folder = folder / f"{RESUME_PREFIX}{attempt}"
+    texts = (
+        OmegaConf.to_yaml(task_cfg),
+        OmegaConf.to_yaml(HydraConfig.instance().cfg),  # {"hydra": ...}, as Hydra saves it
+        OmegaConf.to_yaml(HydraConfig.get().overrides.task),
+    )
+    for name, text in zip(HYDRA_FILES, texts, strict=True):
+        write_text_atomic(folder / name, text)
+    return folder
 
 
 def discard_unused_run_dir(run_dir: Path) -> bool:

@@ -5,12 +5,18 @@ step budget from `iterations`, fits, tests the selected AND the last checkpoint 
 records the run in `<output_dir>/run_info.json`. `resume=latest` or `resume=<run folder>` continues a run in
 its own folder (`dgggan_pl.runs`). The logger is closed even when the run fails (then the error is re-raised),
 so one failed job does not poison a Hydra multirun.
+
+Several processes (any launcher: torchrun, srun, Lightning's own, or MASTER_ADDR/NODE_RANK/LOCAL_RANK set by
+hand) read their rank before anything is written (`distributed.cluster`), meet, agree on the start
+(`dgggan_pl.startup`: rank 0 holds the folder, every rank must see it), and then train in one process group;
+a rank that fails or is stopped ends every other rank within seconds (`distributed.watch`). docs/multinode.md.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,36 +33,43 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO, MonitorFallbackCheckpoint
 from dgggan_pl.callbacks.iteration import IterationAxis
-from dgggan_pl.callbacks.run_info import REQUEUED, RankRecord, RunRecord
+from dgggan_pl.callbacks.run_info import RankRecord, RunRecord
 from dgggan_pl.complexity import count_parameters
 from dgggan_pl.config import ConfigError, config_dir
-from dgggan_pl.config_checks import MAX_STEPS_MESSAGE, check_config, random_gan_start
+from dgggan_pl.config_checks import MAX_STEPS_MESSAGE, random_gan_start
 from dgggan_pl.data.datamodule import SRDataModule, per_process_batch
 from dgggan_pl.data.datasets import unreadable_training_files
 from dgggan_pl.data.io import ImageFolderError
+from dgggan_pl.distributed.cluster import (
+    adopt_rank,
+    check_layout,
+    process_group_backend,
+    start_node_processes,
+    trainer_layout,
+)
+from dgggan_pl.distributed.group import GroupSettings, RankGroup, join, leave_joined
+from dgggan_pl.distributed.watch import RankFailure
 from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavailable
 from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.suite import METRICS
 from dgggan_pl.module import DGGGANModule
 from dgggan_pl.objective import optimizer_steps
 from dgggan_pl.runs import (
+    REQUEUED,
     RESUME_PREFIX,
     ResumeError,
     RunFolderError,
-    RunLock,
     attempt_stamp,
-    discard_refused_configs,
     discard_unused_run_dir,
     last_checkpoint,
-    raise_pending_resume_error,
     recorded_status,
-    refuse_finished_run,
     register_resolvers,
     remove_stale_temp_files,
-    resolve_ckpt_path,
+    write_hydra_record,
 )
+from dgggan_pl.startup import REFUSALS, Claim, agree_start, claim_run
 from dgggan_pl.utils.atomic import write_text_atomic
-from dgggan_pl.utils.exits import exit_on_signals, exit_status, report_interruption
+from dgggan_pl.utils.exits import exit_on_signals, exit_status, interruption_line, report_interruption
 from dgggan_pl.utils.noise import silence_dependency_noise
 from dgggan_pl.weights import load_generator, load_state_dict_strict
 
@@ -290,55 +303,103 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) one configuration; returns the final `val/...` and `test/<Set>/<metric>` metrics.
 
     Rank 0 holds the run folder's lock (`runs.RunLock`) while the run writes there, and a new run refuses a
-    folder that already holds another run's record.
+    folder that already holds another run's record. With several processes every rank takes part in these
+    start-up decisions (`startup.agree_start`) before the process group exists (`distributed.group`).
     """
     output_dir = Path(cfg.paths.output_dir)
     try:
-        raise_pending_resume_error()
-        check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("resume"))
-    except (ConfigError, ResumeError):
-        if _global_rank() == 0 and cfg.get("ckpt_path") is None:
-            discard_unused_run_dir(output_dir)  # the folder Hydra made for this attempt holds nothing else
-        raise
-    lock = RunLock(output_dir) if _global_rank() == 0 else None
+        shape = trainer_layout(cfg)
+        layout = shape.layout()
+        check_layout(layout, shape.num_nodes, shape.devices_per_node)
+    except (ConfigError, RuntimeError, ValueError) as error:
+        if cfg.get("ckpt_path") is None:
+            discard_unused_run_dir(output_dir)  # every process refuses the same launch: nothing of it is kept
+        raise error if isinstance(error, ConfigError) else ConfigError(str(error)) from None
+    claim: Claim | None = None
+    refusal: Exception | None = None
     try:
-        if lock is not None:
-            lock.acquire()
-            refuse_finished_run(output_dir, resuming=ckpt_path is not None)
-    except RunFolderError:
-        if lock is not None:
-            lock.release()
-        discard_refused_configs(output_dir)
-        raise
-    warn_random_gan_start(cfg, ckpt_path)
+        claim = claim_run(cfg, output_dir, layout)
+    except REFUSALS as error:
+        refusal = error
+    if layout.starts_node_processes:  # Lightning's launcher: refuse before this node's other processes exist
+        if refusal is not None:
+            raise refusal
+        layout = start_node_processes(shape)
+    adopt_rank(layout)
+    completed = False
     try:
-        return _train_in_run_dir(cfg, output_dir, ckpt_path)
+        group = join(layout, GroupSettings.from_config(cfg.distributed))
+        claim = agree_start(group, cfg, output_dir, claim, refusal)
+        metrics = _train_agreed(cfg, output_dir, claim, group)
+        completed = True
+        return metrics
     finally:
-        if lock is not None:
-            lock.release()
+        if claim is not None:
+            claim.release()
+        leave_joined(completed)
 
 
-def _train_in_run_dir(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str, float]:
+def _train_agreed(cfg: DictConfig, output_dir: Path, claim: Claim, group: RankGroup) -> dict[str, float]:
+    """The run every rank agreed to start; a failure here is published to the other ranks (`RankGroup.abort`),
+    and a failure that follows another rank's is reported as that rank's (`RankFailure`)."""
+    try:
+        warn_random_gan_start(cfg, claim.ckpt_path)
+        group.init_process_group(process_group_backend(cfg))
+        return _train_in_run_dir(cfg, output_dir, claim, group)
+    except BaseException as error:
+        first = group.abort(error)
+        if first is not None and first.rank != group.rank:
+            raise first.failure() from error
+        raise
+
+
+def stop_advice(run_dir: str | Path) -> str:
+    """What to do after `train` was stopped by a signal, from what its run folder says."""
+    if recorded_status(run_dir) == REQUEUED:  # SIGTERM inside SLURM (scontrol requeue, preemption)
+        return "run_info.json says requeued: SLURM restarts the job from its last.ckpt"
+    return "run_info.json says failed; " + (
+        f"continue with resume={run_dir}"
+        if last_checkpoint(run_dir).is_file()
+        else "no checkpoint was saved yet, so start it again"
+    )
+
+
+def _train_in_run_dir(cfg: DictConfig, output_dir: Path, claim: Claim, group: RankGroup) -> dict[str, float]:
     """`train` once its run folder is locked: the run record, the loggers, fit and test."""
     pl.seed_everything(cfg.seed, workers=True)
     attempt = attempt_stamp()
-    if ckpt_path is not None and _global_rank() == 0:
+    if claim.continuing and _global_rank() == 0:
         remove_stale_temp_files(output_dir)
     record = RunRecord(cfg, output_dir, attempt)
     record.start()
+    if _global_rank() == 0:
+        write_hydra_record(output_dir, cfg, attempt, claim.continuing)
     write_resolved_config(cfg, output_dir, attempt)
+
+    def last_words(error: BaseException) -> str:
+        """Run by the watcher thread when it ends this rank (the main thread is stuck in a collective)."""
+        record.fail(error)
+        claim.release()
+        if isinstance(error, RankFailure):
+            return f"error: {error}"
+        return interruption_line(error, "train", stop_advice(output_dir)) or f"error: {error}"
+
+    group.set_exit_hook(last_words)
     loggers: list[Logger] = []
     try:
         unavailable = unavailable_metrics(cfg.get("metrics"))
-        loggers = instantiate_loggers(cfg.get("logger"), resume=ckpt_path is not None)
+        loggers = instantiate_loggers(cfg.get("logger"), resume=claim.ckpt_path is not None)
         record_unavailable(loggers, unavailable)
-        metrics, checkpoints = run_fit_and_test(cfg, output_dir, loggers, ckpt_path, unavailable, record)
+        metrics, checkpoints = run_fit_and_test(
+            cfg, output_dir, loggers, claim.ckpt_path, unavailable, record
+        )
     except BaseException as error:
         record.fail(error)
         close_loggers(loggers, failed=True)
         _announce(output_dir, "failed")
         raise
+    finally:
+        group.set_exit_hook(None)
     record.complete(metrics, unavailable, checkpoints)
     close_loggers(loggers, failed=False)
     _announce(output_dir, "completed")
@@ -352,6 +413,9 @@ def main(cfg: DictConfig) -> None:
     try:
         with exit_on_signals():  # Ctrl+C: exit 130, SIGTERM: 143 (utils/exits.py), one line each
             train(cfg)
+    except RankFailure as error:  # another rank refused or failed: one line naming it, its exit status
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(error.status) from None
     except (ConfigError, ResumeError, RunFolderError, ImageFolderError, InstantiationException) as error:
         cause = error.__cause__ if isinstance(error, InstantiationException) else error
         if not isinstance(cause, ConfigError | ResumeError | RunFolderError | ImageFolderError):
@@ -364,16 +428,7 @@ def main(cfg: DictConfig) -> None:
     except BaseException as error:
         if exit_status(error) is None:
             raise
-        run_dir = cfg.paths.output_dir
-        if recorded_status(run_dir) == REQUEUED:  # SIGTERM inside SLURM (scontrol requeue, preemption)
-            advice = "run_info.json says requeued: SLURM restarts the job from its last.ckpt"
-        else:
-            advice = "run_info.json says failed; " + (
-                f"continue with resume={run_dir}"
-                if last_checkpoint(run_dir).is_file()
-                else "no checkpoint was saved yet, so start it again"
-            )
-        raise SystemExit(report_interruption(error, "train", advice)) from None
+        raise SystemExit(report_interruption(error, "train", stop_advice(cfg.paths.output_dir))) from None
 
 
 if __name__ == "__main__":

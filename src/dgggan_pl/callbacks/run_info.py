@@ -18,13 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.launch import slurm_queue
 from dgggan_pl.launch.requeue import requeue_left_to_slurm, requeue_reason
-from dgggan_pl.runs import RUN_RECORD, read_status
+from dgggan_pl.runs import REQUEUED, RUN_RECORD, read_status
 from dgggan_pl.utils.atomic import write_json_atomic
 
 RUN_INFO_FILE = RUN_RECORD
 RANK_DIR = "ranks"
 COMPLETED = "completed"
-REQUEUED = "requeued"  # a SLURM job that saved last.ckpt and waits to resume from it (report: incomplete)
 
 
 def config_sha256(cfg: DictConfig) -> str:

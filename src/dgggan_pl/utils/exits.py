@@ -8,6 +8,9 @@ While a Lightning Trainer runs, its own SIGTERM handler is the active one and ca
 one does nothing and Lightning stops at the next batch end with `SIGTERMException` (a `SystemExit` without a
 code, i.e. status 0), which `exit_status` maps to 143 too. Forked children (DataLoader or pool workers) get the
 default behaviour, not the exception.
+
+A handler runs only when the main thread returns to the interpreter; a training rank blocked in a collective
+never does. `dgggan_pl.distributed.watch` ends such a rank with the same line and status.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import sys
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
-
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SIGNAL_EXIT_BASE = 128  # a shell reports a process killed by signal N as 128 + N
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -39,7 +40,9 @@ def exit_status(error: BaseException) -> int | None:
     """128 + the signal for an interruption (SIGINT 130, SIGTERM 143), None for any other error."""
     if isinstance(error, Interrupted):
         return SIGNAL_EXIT_BASE + error.signum
-    if isinstance(error, SIGTERMException):
+    # Lightning's exception, looked up only where Lightning is loaded: inference entry points never import it.
+    lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    if lightning is not None and isinstance(error, lightning.SIGTERMException):
         return SIGNAL_EXIT_BASE + signal.SIGTERM
     if isinstance(error, KeyboardInterrupt):
         return SIGNAL_EXIT_BASE + signal.SIGINT
@@ -83,15 +86,23 @@ def exit_on_signals() -> Iterator[None]:
                     signal.signal(signum, old)
 
 
-def report_interruption(error: BaseException, prog: str, advice: str) -> int | None:
-    """Print `<prog>: stopped by SIGINT (Ctrl+C); <advice>` to stderr and return the exit status (None: not an
-    interruption, the caller re-raises)."""
+def interruption_line(error: BaseException, prog: str, advice: str) -> str | None:
+    """`<prog>: stopped by SIGINT (Ctrl+C); <advice>` for an interruption, else None."""
     status = exit_status(error)
     if status is None:
         return None
     how = " (Ctrl+C)" if status == SIGNAL_EXIT_BASE + signal.SIGINT else ""
-    print(f"{prog}: stopped by {signal_name(status)}{how}; {advice}", file=sys.stderr, flush=True)
-    return status
+    return f"{prog}: stopped by {signal_name(status)}{how}; {advice}"
+
+
+def report_interruption(error: BaseException, prog: str, advice: str) -> int | None:
+    """Print `interruption_line` to stderr and return the exit status (None: not an interruption, the caller
+    re-raises)."""
+    line = interruption_line(error, prog, advice)
+    if line is None:
+        return None
+    print(line, file=sys.stderr, flush=True)
+    return exit_status(error)
 
 
 def interruptible(prog: str, advice: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
