@@ -9,11 +9,12 @@
 # SLURM_CONF pointing at that cluster, and stops every daemon it started, by the PID it recorded, however
 # COMMAND ends (a trap). Every daemon listens on 127.0.0.1 only and every client talks to localhost only.
 #
-# Environment: SLURM_LOCAL_CPUS (CPUs the node announces, default 4: several 1-CPU test jobs at once on a
-# 2-core box), SLURM_LOCAL_PORT (first of three ports, default 6817), SLURM_LOCAL_KEEP=1 (keep the folder).
+# Environment: SLURM_LOCAL_CPUS (CPUs the node announces, default 6: several 1- and 2-task test jobs at once on
+# a 2-core box, and still fewer than hydra/launcher=slurm's default cpus_per_task of 8), SLURM_LOCAL_PORT (first
+# of three ports, default 6817), SLURM_LOCAL_KEEP=1 (keep the folder).
 set -euo pipefail
 
-CPUS=${SLURM_LOCAL_CPUS:-4}
+CPUS=${SLURM_LOCAL_CPUS:-6}
 PORT=${SLURM_LOCAL_PORT:-6817}
 # A requeued job may start again only after the job credential's lifetime (SLURM's default: 120 s); the test
 # cluster shortens it so that a requeue costs seconds, not minutes.

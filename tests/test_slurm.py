@@ -291,6 +291,14 @@ def test_a_job_that_can_never_start_names_the_key_to_change() -> None:
     big_memory = {**params, "cpus_per_task": 1, "mem_gb": 64}
     advice = slurm_queue.never_starting_advice(pending, big_memory, {"cpus": 2, "memory_mb": 8000}, reasons)
     assert advice is not None and "lower hydra.launcher.mem_gb" in advice
+    limits = slurm_queue.parse_sinfo("4|8000|1\n64+|512000|2\nnoise\n")
+    assert limits == {"cpus": 64, "memory_mb": 512000, "nodes": 3}
+    two_nodes = {**params, "cpus_per_task": 1, "nodes": 4}
+    advice = slurm_queue.never_starting_advice(pending, two_nodes, limits, reasons)
+    assert (
+        advice is not None
+        and "hydra.launcher.nodes=4 but debug has 3 node(s): lower hydra.launcher.nodes" in advice
+    )
 
 
 def test_requeued_and_cancelled_jobs_in_the_report(tmp_path: Path) -> None:

@@ -128,21 +128,28 @@ def was_cancelled(stderr_path: Path) -> bool:
         return False
 
 
+def parse_sinfo(text: str) -> dict[str, int]:
+    """`sinfo --noheader --format=%c|%m|%D` output (CPUs, memory in MB, node count per group of nodes): the
+    largest node's CPUs and memory and the number of nodes ({} when nothing could be read)."""
+    cpus, memory, nodes = [], [], 0
+    for line in text.splitlines():
+        parts = [part.strip().rstrip("+") for part in line.split("|")]
+        if len(parts) == 3 and all(part.isdigit() for part in parts):
+            cpus.append(int(parts[0]))
+            memory.append(int(parts[1]))
+            nodes += int(parts[2])
+    return {"cpus": max(cpus), "memory_mb": max(memory), "nodes": nodes} if cpus else {}
+
+
 def node_limits(partition: str | None, timeout_s: float = 30.0) -> dict[str, int]:
-    """The largest node's CPUs and memory (MB) in `partition` (the default one if None), from sinfo."""
-    argv = ["sinfo", "--noheader", "--format=%c|%m"]
+    """`parse_sinfo` of `partition` (the default one if None)."""
+    argv = ["sinfo", "--noheader", "--format=%c|%m|%D"]
     if partition:
         argv.append(f"--partition={partition}")
     result = _run(argv, timeout_s)
     if result is None or result.returncode != 0:
         return {}
-    cpus, memory = [], []
-    for line in result.stdout.splitlines():
-        parts = line.strip().rstrip("+").split("|")
-        if len(parts) == 2 and parts[0].rstrip("+").isdigit() and parts[1].rstrip("+").isdigit():
-            cpus.append(int(parts[0].rstrip("+")))
-            memory.append(int(parts[1].rstrip("+")))
-    return {"cpus": max(cpus), "memory_mb": max(memory)} if cpus else {}
+    return parse_sinfo(result.stdout)
 
 
 def never_starting_advice(
@@ -154,7 +161,13 @@ def never_starting_advice(
     asked_cpus = int(params.get("cpus_per_task") or 1) * int(params.get("tasks_per_node") or 1)
     asked_mb = float(params.get("mem_gb") or 0) * 1024
     partition = params.get("partition") or "the default partition"
-    if "cpus" in limits and asked_cpus > limits["cpus"]:
+    asked_nodes = int(params.get("nodes") or 1)
+    if "nodes" in limits and asked_nodes > limits["nodes"]:
+        advice = (
+            f"it asks for hydra.launcher.nodes={asked_nodes} but {partition} has {limits['nodes']} node(s): "
+            "lower hydra.launcher.nodes or choose a larger hydra.launcher.partition"
+        )
+    elif "cpus" in limits and asked_cpus > limits["cpus"]:
         advice = (
             f"it asks for {asked_cpus} CPUs per node (hydra.launcher.cpus_per_task="
             f"{params.get('cpus_per_task')} x tasks_per_node={params.get('tasks_per_node')}) but the largest node "
