@@ -26,7 +26,14 @@ from dgggan_pl.distributed.cluster import (
 )
 from dgggan_pl.distributed.watch import FAILED, STOPPED, Abort, RankFailure
 from dgggan_pl.launch.commands import clean_env
-from dgggan_pl.runs import _job_name, _run_dir, raise_pending_resume_error
+from dgggan_pl.runs import (
+    RunFolderError,
+    _job_name,
+    _run_dir,
+    raise_pending_resume_error,
+    refuse_finished_run,
+)
+from dgggan_pl.startup import choose_checkpoint
 from dgggan_pl.utils.exits import Interrupted
 
 
@@ -123,6 +130,31 @@ def test_run_folder_and_log_name_rules(launch_env, compose, tmp_path: Path) -> N
     cfg = compose(["trainer.num_nodes=2"])
     launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=1, NODE_RANK=1, LOCAL_RANK=0, WORLD_SIZE=2)
     assert _job_name(_root_=cfg).endswith("_rank1")
+
+
+def test_a_requeued_job_continues_in_its_own_folder(launch_env, tmp_path: Path) -> None:
+    """SLURM starts a requeued job again with the same id: it resumes from its last.ckpt, or starts over in its
+    folder when it saved none; the same folder is refused to any other start (not restarted, other record)."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.create({"resume": None, "ckpt_path": None})
+    run = tmp_path / "slurm-77"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run_info.json").write_text('{"status": "running"}')
+    launch_env(SLURM_JOB_ID=77, SLURM_JOB_NAME="train", SLURM_RESTART_COUNT=1)
+    assert choose_checkpoint(plain, run) == (None, True)  # requeued before its first checkpoint: start over
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert choose_checkpoint(plain, run) == (str(run / "checkpoints" / "last.ckpt"), True)
+    launch_env(SLURM_RESTART_COUNT=0)
+    assert choose_checkpoint(plain, run) == (None, False)  # the job's first start finds a run there
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        refuse_finished_run(run, resuming=False)
+    (run / "run_info.json").write_text(
+        '{"status": "requeued"}'
+    )  # what the attempt that saved last.ckpt wrote
+    assert choose_checkpoint(plain, run)[1]
+    launch_env(SLURM_JOB_ID=78)
+    assert choose_checkpoint(plain, run) == (None, False)  # another job's folder
 
 
 def test_an_abort_says_who_and_how() -> None:

@@ -189,6 +189,19 @@ def test_a_generic_launch_takes_rank_zeros_folder_and_refuses_on_every_node(tmp_
     assert json.loads((run / "run_info.json").read_text()) == info
 
 
+def test_a_failure_on_one_rank_ends_the_other(tmp_path: Path) -> None:
+    """Rank 1 alone fails mid-run: rank 0 stops too, naming rank 1 and its error, and records that."""
+    fault = "+callbacks.fault={_target_:rank_faults.FailOnRank,rank:1,batch:2}"
+    nodes = generic_nodes(tmp_path, [fault, f"hydra.run.dir={tmp_path / 'run'}"], "fault")
+    assert finish(nodes) == [1, 1]
+    cause = "injected failure on rank 1 at batch 2"
+    assert f"RuntimeError: {cause}" in nodes[1].output()
+    assert nodes[0].error_lines() == [f"error: stopped because rank 1 failed: {cause}"]
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["status"] == "failed" and cause in info["error"]
+    assert not (tmp_path / "run" / ".run.lock").exists()
+
+
 def test_sigterm_ends_a_rank_blocked_in_a_collective(tmp_path: Path) -> None:
     """Rank 1 paused (SIGSTOP) leaves rank 0 waiting in its next all-reduce, where no Python signal handler
     runs; SIGTERM still ends it (143), and rank 1, resumed, stops too instead of waiting for the timeout."""

@@ -56,9 +56,7 @@ def test_pretrain_smoke_run_writes_every_artefact(pretrain_run) -> None:
     rank = json.loads((output_dir / "ranks" / "rank0.json").read_text())
     assert rank["world_size"] == 1 and rank["config_sha256"] == info["config_sha256"]
     resolved = OmegaConf.load(output_dir / "config_resolved.yaml")
-    assert (
-        "adv" not in resolved.loss.active and "${" not in (output_dir / "config_resolved.yaml").read_text()
-    )
+    assert "adv" not in resolved.loss.active and "${" not in (output_dir / "config_resolved.yaml").read_text()
     assert list((output_dir / "panels").glob("*.png"))
 
     # the selected and the last checkpoint are both tested and recorded; the PSNR stage selects on PSNR

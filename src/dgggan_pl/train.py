@@ -329,6 +329,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     completed = False
     try:
         group = join(layout, GroupSettings.from_config(cfg.distributed))
+        group.set_exit_hook(lambda error: _exit_line(error, "nothing of the run was written yet"))
         claim = agree_start(group, cfg, output_dir, claim, refusal)
         metrics = _train_agreed(cfg, output_dir, claim, group)
         completed = True
@@ -347,10 +348,17 @@ def _train_agreed(cfg: DictConfig, output_dir: Path, claim: Claim, group: RankGr
         group.init_process_group(process_group_backend(cfg))
         return _train_in_run_dir(cfg, output_dir, claim, group)
     except BaseException as error:
-        first = group.abort(error)
-        if first is not None and first.rank != group.rank:
-            raise first.failure() from error
+        reported = group.failure_of(error)
+        if reported is not error:
+            raise reported from error
         raise
+
+
+def _exit_line(error: BaseException, advice: str) -> str:
+    """The one line of a rank that the watcher ends (`distributed.watch`): another rank's failure, or a signal."""
+    if isinstance(error, RankFailure):
+        return f"error: {error}"
+    return interruption_line(error, "train", advice) or f"error: {error}"
 
 
 def stop_advice(run_dir: str | Path) -> str:
@@ -380,9 +388,7 @@ def _train_in_run_dir(cfg: DictConfig, output_dir: Path, claim: Claim, group: Ra
         """Run by the watcher thread when it ends this rank (the main thread is stuck in a collective)."""
         record.fail(error)
         claim.release()
-        if isinstance(error, RankFailure):
-            return f"error: {error}"
-        return interruption_line(error, "train", stop_advice(output_dir)) or f"error: {error}"
+        return _exit_line(error, stop_advice(output_dir))
 
     group.set_exit_hook(last_words)
     loggers: list[Logger] = []
@@ -394,9 +400,12 @@ def _train_in_run_dir(cfg: DictConfig, output_dir: Path, claim: Claim, group: Ra
             cfg, output_dir, loggers, claim.ckpt_path, unavailable, record
         )
     except BaseException as error:
-        record.fail(error)
+        reported = group.failure_of(error)  # the others stop too; theirs, if another rank failed first
+        record.fail(reported)
         close_loggers(loggers, failed=True)
         _announce(output_dir, "failed")
+        if reported is not error:
+            raise reported from error
         raise
     finally:
         group.set_exit_hook(None)

@@ -173,6 +173,13 @@ class RankGroup:
             time.sleep(_ABORT_LINGER_INTERVALS * self.settings.watch_interval_s)  # the others read it first
         return first
 
+    def failure_of(self, error: BaseException) -> BaseException:
+        """Publish `error` ending this rank (`abort`) and return what to report: `error` itself, or, when another
+        rank ended first (this error is then most likely its consequence, e.g. a closed connection),
+        `RankFailure` naming that rank."""
+        first = self.abort(error)
+        return first.failure() if first is not None and first.rank != self.rank else error
+
     def leave(self, completed: bool) -> None:
         """Stop the watcher. After a completed run every rank says so and rank 0, the store's host, waits for
         all of them (within `timeout_s`) before the store goes; then the process group is destroyed."""
