@@ -17,8 +17,9 @@ from PIL import Image
 from dgggan_pl.data.datasets import BenchmarkDataset
 from dgggan_pl.data.io import save_image
 from dgggan_pl.evaluate import PreflightError, evaluate
-from dgggan_pl.methods import MethodError, bicubic_upscaler
+from dgggan_pl.methods import MethodError, bicubic_upscaler, build_methods
 from dgggan_pl.metrics.niqe import NIQEModelError
+from dgggan_pl.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = "metrics.benchmark.metrics=[psnr,ssim]"
@@ -215,3 +216,17 @@ def test_results_folder_missing_set_and_bad_entry(
     cfg = _config(compose, data_dir, tmp_path / "out", FAST, f'models=["results:{bicubic_results}"]')
     with pytest.raises(MethodError, match="results:<Label>=<folder>"):
         evaluate(cfg)
+
+
+def test_nan_weights_are_refused_before_scoring(tiny_generator_checkpoint) -> None:
+    """Rows of evaluate and figures load through SRModel: NaN weights never become `nan` table rows."""
+    checkpoint = tiny_generator_checkpoint()
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["generator.image_out.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, checkpoint)
+    with pytest.raises(
+        WeightsError, match=rf"^{checkpoint}: tensor image_out.weight holds NaN/Inf \(1 of 216"
+    ):
+        build_methods(
+            [str(checkpoint)], None, {}, scale=4, use_ema=None, device=torch.device("cpu"), result_suffixes=[]
+        )

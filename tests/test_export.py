@@ -12,7 +12,9 @@ import onnxruntime
 import pytest
 import torch
 
+from dgggan_pl import SRModel
 from dgggan_pl.export import ONNX_CHECK_RTOL, ExportError, _OnnxGenerator, check_onnx, main
+from dgggan_pl.models.baselines import RRDBNet
 from dgggan_pl.weights import load_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -133,3 +135,46 @@ def test_onnx_matches_pytorch_with_a_bicubic_global_skip(
         expected = generator(lr).sr.numpy()
     # The skip makes the output image-sized (~0.5), so this also checks the bicubic part, not just the residual.
     assert np.abs(expected).max() > 0.1 and np.abs(sr - expected).max() <= 1e-4
+
+
+def test_nan_weights_are_one_line_and_nothing_is_written(
+    tiny_generator_checkpoint, tmp_path: Path, capsys
+) -> None:
+    checkpoint = tiny_generator_checkpoint()
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["generator.image_out.bias"][0] = float("inf")
+    torch.save(state, checkpoint)
+    out = tmp_path / "exported"
+    assert main([str(checkpoint), "--out-dir", str(out), "--no-onnx"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {checkpoint}: tensor image_out.bias holds NaN/Inf (1 of 3 values")
+        and err.count("\n") == 1
+    )
+    assert not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_rrdbnet_exports_to_safetensors_and_onnx(tmp_path: Path) -> None:
+    """A generator without stages or a gradient map (`model=rrdbnet`) exports through the same SRModel path."""
+    config = {
+        "_target_": "dgggan_pl.models.baselines.rrdbnet.RRDBNet",
+        "channels": 8,
+        "num_blocks": 1,
+        "growth": 4,
+    }
+    torch.manual_seed(0)
+    network = RRDBNet(channels=8, num_blocks=1, growth=4)
+    state = {f"generator.{key}": value for key, value in network.state_dict().items()}
+    checkpoint = tmp_path / "rrdbnet.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"model": {"generator": config}}}, checkpoint)
+    out = tmp_path / "out"
+    assert main([str(checkpoint), "--out-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["rrdbnet.json", "rrdbnet.onnx", "rrdbnet.safetensors"]
+    session = onnxruntime.InferenceSession(str(out / "rrdbnet.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["sr"]  # no gradient map to export
+    lr = torch.rand(1, 3, 11, 7)
+    (sr,) = session.run(None, {"lr": lr.numpy()})
+    model = SRModel.from_pretrained(out / "rrdbnet.safetensors")
+    expected = model.upscale(lr).numpy()
+    assert np.abs(sr - expected).max() <= ONNX_CHECK_RTOL * np.abs(expected).max()

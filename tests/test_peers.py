@@ -15,7 +15,7 @@ import torch
 from omegaconf import open_dict
 from safetensors.torch import save_file
 
-from dgggan_pl import upscale
+from dgggan_pl import SRModel, upscale
 from dgggan_pl.complexity import complexity_rows, count_gflops, count_parameters
 from dgggan_pl.data.datasets import BenchmarkDataset
 from dgggan_pl.data.io import read_image, save_image
@@ -24,7 +24,6 @@ from dgggan_pl.methods import MethodError, build_methods
 from dgggan_pl.metrics.fidelity import psnr_y
 from dgggan_pl.models.baselines import RRDBNet
 from dgggan_pl.peers import PeerError, PeerGenerator, is_peer_file, load_peer
-from dgggan_pl.weights import load_generator
 
 spandrel = pytest.importorskip("spandrel", reason="the optional extra `peers` (installed by `make install`)")
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
@@ -113,10 +112,10 @@ def test_safetensors_without_our_config_is_a_peer(tmp_path: Path, esrgan_file: P
     path = tmp_path / "esrgan.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     assert is_peer_file(path) and is_peer_file(esrgan_file)
-    generator, config = load_generator(path)  # the loader `upscale --weights` uses
-    assert isinstance(generator, PeerGenerator) and config["spandrel"] == "ESRGAN"
+    model = SRModel.from_pretrained(path)  # the loader `upscale --weights` uses
+    assert isinstance(model.generator, PeerGenerator) and model.generator.architecture == "ESRGAN"
     lr = torch.rand(1, 3, 6, 7)
-    assert torch.equal(generator(lr).sr, _direct(esrgan_file, lr))
+    assert torch.equal(model(lr).sr, _direct(esrgan_file, lr))
 
 
 def test_upscale_cli_runs_a_peer_on_the_whole_image(
@@ -136,7 +135,7 @@ def test_upscale_cli_runs_a_peer_on_the_whole_image(
         ]
     )
     assert code == 0
-    assert "peer models run on the whole image" in capsys.readouterr().err
+    assert "it runs on the whole image (--tile ignored)" in capsys.readouterr().err
     expected = _direct(esrgan_file, lr[None].float() / 255)[0]
     written = read_image(tmp_path / "out.png")
     assert written.shape == (3, 40, 52)
@@ -145,15 +144,15 @@ def test_upscale_cli_runs_a_peer_on_the_whole_image(
 
 
 def test_memory_estimate_grows_with_the_area_and_refuses_too_large(tmp_path: Path, esrgan_file: Path) -> None:
-    generator, _ = load_peer(esrgan_file)
-    small, large = generator.estimate_memory(10, 10), generator.estimate_memory(20, 20)
+    model = SRModel.from_pretrained(esrgan_file).enable_tiling(4)
+    small, large = model.estimate_memory(10, 10), model.estimate_memory(20, 20)  # the peer's own estimate
     assert large.tile == pytest.approx(4 * small.tile, rel=0.01) and small.tile > 0
+    assert small.tile == model.generator.activation_bytes(10, 10)
+    assert model.tiling_plan().mode == "whole"  # never tiled: tiles of a peer would not be exact
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)
     with pytest.raises(upscale.InsufficientMemoryError, match="64x64 -> 256x256 needs about") as error:
-        upscale.check_memory(generator, image, tile=0, overlap=None, limit=1024)
+        upscale.check_memory(model, image, limit=1024)
     assert "--tile" not in str(error.value)  # peers are never tiled, so no tile advice
-    with pytest.raises(NotImplementedError, match="whole image only"):
-        generator.encode(torch.zeros(1, 3, 4, 4))  # the stage-wise (tiled) path is refused, not approximated
 
 
 def test_other_scales_are_refused_naming_file_and_scale(tmp_path: Path) -> None:
@@ -197,7 +196,7 @@ def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path: Path, esrgan_file: P
     with pytest.raises(PeerError, match=r"trojan\.pth: refused to load: .* could run code"):
         load_peer(path)
     with pytest.raises(PeerError, match="refused to load"):
-        load_generator(path)  # `upscale --weights` takes the same road
+        SRModel.from_pretrained(path)  # `upscale --weights` takes the same road
     assert not marker.exists()
     # The file really is hostile: an unrestricted load runs its code.
     torch.load(path, weights_only=False, pickle_module=pickle)
@@ -231,7 +230,7 @@ def test_model_entries_are_checked_before_work(tmp_path: Path) -> None:
 
 def test_ema_is_refused_for_a_peer(esrgan_file: Path) -> None:
     with pytest.raises(PeerError, match="no EMA copy; drop --ema"):
-        load_generator(esrgan_file, use_ema=True)
+        SRModel.from_pretrained(esrgan_file, use_ema=True)
 
 
 def test_complexity_counts_a_peer_from_its_weights_file(esrgan_file: Path, rcan_file: Path) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dgggan_pl import DGGGANGenerator, read_image
+from dgggan_pl import DGGGANGenerator, SRModel, read_image
 from dgggan_pl.models.contract import GeneratorOutput, LRFeatures, Run, SRGenerator, apply
 from dgggan_pl.tiling import estimate_memory, hr_stage_radius, lr_stage_radius, upscale_tiled
 from dgggan_pl.upscale import main as upscale_main
@@ -90,7 +90,7 @@ def test_tiled_upscale_equals_the_forward_on_floats(tiny_generator_checkpoint) -
 
 
 def test_bad_arguments_and_files_are_one_clear_error(tmp_path: Path) -> None:
-    model = DGGGANGenerator(channels=8, num_blocks=1, injection_blocks=(1,), se_reduction=4)
+    model = SRModel(DGGGANGenerator(channels=8, num_blocks=1, injection_blocks=(1,), se_reduction=4))
     with pytest.raises(ValueError, match="tile >= 1"):
         model.enable_tiling(0)
     with pytest.raises(ValueError, match="overlap >= 0"):
@@ -133,5 +133,5 @@ def test_tiling_needs_only_the_contract() -> None:
         expected = toy(lr).sr
     assert (upscale_tiled(toy, lr, tile=4) - expected).abs().max() <= 1e-5
     estimate = estimate_memory(toy, 13, 10, tile=4)
-    assert estimate.lr_stage == (3 + 3 * 5) * 13 * 10 * 4  # input + 2 x 1 branch + 1 maps of 5 channels
+    assert estimate.lr_stage == (3 + 5) * 13 * 10 * 4  # the input and the one 5-channel map its encode makes
     assert estimate.gate_map == 5 * 13 * 10 * 4

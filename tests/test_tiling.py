@@ -16,6 +16,7 @@ from dgggan_pl.models.generator import (
     apply,
     bicubic_upsample,
 )
+from dgggan_pl.probes import NonFiniteOutput, UnboundedReach, receptive_radius
 from dgggan_pl.tiling import (
     count_local_ops,
     count_tile_steps,
@@ -23,7 +24,8 @@ from dgggan_pl.tiling import (
     estimate_memory,
     hr_stage_radius,
     map_tiles,
-    receptive_radius,
+    plan_tiling,
+    super_resolve,
     upscale_tiled,
 )
 
@@ -178,16 +180,63 @@ def test_weights_made_in_inference_mode_are_a_clear_error() -> None:
         upscale_tiled(generator, torch.rand(1, 3, 8, 8), tile=4)
 
 
-@pytest.mark.parametrize(("use_gradient_branch", "maps"), [(True, 5), (False, 3)])
+@pytest.mark.parametrize(("use_gradient_branch", "maps"), [(True, 3), (False, 2)])
 def test_memory_estimate_counts_the_whole_image_maps(use_gradient_branch: bool, maps: int) -> None:
-    """2 x branches + 1 C-channel float maps and the LR input in the LR stage; uint8 output; tile grows with tile."""
+    """branches + 1 C-channel float maps and the LR input in the LR stage (the heads are recomputed, not held),
+    counted on the generator's own encode; uint8 output; tile grows with tile."""
     generator = _tiny(use_gradient_branch)
     estimate = estimate_memory(generator, 100, 60, tile=16)
     assert estimate.lr_stage == (3 + maps * 8) * 100 * 60 * 4
-    assert estimate.hr_stage == (3 + (maps - 1) // 2 * 8) * 100 * 60 * 4
+    assert estimate.hr_stage == (3 + (maps - 1) * 8) * 100 * 60 * 4
     assert estimate.output == 3 * 16 * 100 * 60 and estimate.gate_map == 8 * 100 * 60 * 4
     assert estimate_memory(generator, 100, 60, tile=32).tile > estimate.tile
     assert (
         estimate_memory(generator, 100, 60, tile=0).tile > estimate_memory(generator, 100, 60, tile=32).tile
     )
     assert estimate.peak == max(estimate.lr_stage, estimate.hr_stage + estimate.output) + estimate.tile
+
+
+@pytest.mark.parametrize("layer", ["image_branch.head", "image_out"], ids=["first_conv", "last_conv"])
+def test_nan_weights_end_the_probes_at_once(layer: str) -> None:
+    """NaN weights make every gradient NaN, which once read as 'reached everywhere' grew the probes to GiBs."""
+    generator = _tiny()
+    with torch.no_grad():
+        generator.get_submodule(layer).weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutput, match="NaN/Inf"):
+        upscale_tiled(generator, torch.rand(1, 3, 16, 16), tile=8)
+
+
+def test_probes_grow_as_strips_and_stop_at_their_budget() -> None:
+    torch.manual_seed(0)
+    deep = nn.Sequential(*(nn.Conv2d(2, 2, 3, padding=1) for _ in range(40)))
+    assert receptive_radius(deep, [torch.empty(1, 2, 1, 1)], CPU) == 40  # past the first 17-pixel probe
+
+    def gated(x: Tensor) -> Tensor:  # an SE-like global gate: every output pixel reads the whole input
+        return x * x.mean(dim=(2, 3), keepdim=True)
+
+    with pytest.raises(UnboundedReach, match="global op"):
+        receptive_radius(gated, [torch.empty(1, 2, 1, 1)], CPU, budget=2**20)
+
+
+class _GlobalToy(nn.Module):
+    """A x2 generator with a global gate and no stages: no tile of it is exact, so it runs whole."""
+
+    scale, in_channels = 2, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+
+    def forward(self, lr: Tensor) -> Tensor:
+        features = self.conv(lr)
+        return nn.functional.pixel_shuffle(features * features.mean(dim=(2, 3), keepdim=True).sigmoid(), 2)
+
+
+def test_a_generator_whose_reach_is_unbounded_runs_whole() -> None:
+    toy = _GlobalToy().eval()
+    plan = plan_tiling(toy, tile=4)
+    assert plan.mode == "whole" and plan.note is not None and "global op" in plan.note
+    lr = torch.rand(1, 3, 13, 10)
+    with torch.no_grad():
+        expected = toy(lr)
+    assert torch.equal(super_resolve(toy, lr, tile=4), expected)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dgggan_pl import upscale
+from dgggan_pl import SRModel, upscale
 from dgggan_pl.data.io import read_image, to_float
 from dgggan_pl.upscale import GIB, available_memory, main, memory_needed
 from dgggan_pl.weights import load_generator
@@ -104,8 +104,8 @@ def test_an_input_too_large_for_memory_is_refused_before_it_starts(
     folder.mkdir()
     _write_rgb(folder / "big.png", 48, 64)
     _write_rgb(folder / "small.png", HEIGHT, WIDTH)
-    generator, _ = load_generator(weights)
-    small, big = (memory_needed(generator, h, w, 4, None).host for h, w in ((HEIGHT, WIDTH), (48, 64)))
+    model = SRModel.from_pretrained(weights).enable_tiling(4)
+    small, big = (memory_needed(model, h, w).host for h, w in ((HEIGHT, WIDTH), (48, 64)))
     assert small < big
     started: list[tuple[int, ...]] = []
     real = upscale.upscale_image
@@ -178,3 +178,19 @@ def test_global_skip_and_memory_format_through_the_tiled_upscaler(
     with torch.no_grad():
         expected = generator(to_float(read_image(inputs / "rgb.png")).unsqueeze(0)).sr[0].clamp(0, 1)
     assert (to_float(read_image(target)) - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_nan_weights_are_one_line_before_any_work(
+    tiny_generator_checkpoint, inputs: Path, tmp_path: Path, capsys
+) -> None:
+    weights = tiny_generator_checkpoint()
+    checkpoint = torch.load(weights, weights_only=True)
+    checkpoint["state_dict"]["generator.image_branch.head.weight"].fill_(float("nan"))  # the whole first conv
+    torch.save(checkpoint, weights)
+    out = tmp_path / "out"
+    assert main([str(inputs / "rgb.png"), str(out), "--weights", str(weights), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {weights}: tensor image_branch.head.weight holds NaN/Inf (216 of 216 values; 1 tensor(s) in all: "
+        "['image_branch.head.weight']); the weights are unusable, use an earlier checkpoint\n"
+    )
+    assert not out.exists()

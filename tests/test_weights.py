@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from dgggan_pl.models.generator import DGGGANGenerator
 from dgggan_pl.weights import (
+    UnwritableFolder,
     WeightsError,
     load_generator,
     save_generator_safetensors,
@@ -130,9 +133,69 @@ def test_safetensors_round_trip(tiny_generator_checkpoint, tmp_path: Path) -> No
     with pytest.raises(WeightsError, match="holds the raw"):
         load_generator(out, use_ema=True)
 
-    config_path.unlink()
+    config_path.unlink()  # the same config is inside the file: what tensors-only loaders (spandrel) read
+    loaded, loaded_config = load_generator(out)
+    assert loaded_config == config
+    _assert_same_weights(loaded, generator.state_dict())
+    save_file(generator.state_dict(), out)  # tensors alone, no config anywhere
     with pytest.raises(WeightsError, match=r"tiny\.safetensors: its config .*tiny\.json is missing"):
         load_generator(out)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(
+    tiny_generator_checkpoint, tmp_path: Path, bad: float, suffix: str
+) -> None:
+    generator, config = load_generator(tiny_generator_checkpoint())
+    with torch.no_grad():
+        generator.image_out.weight[0, 0, 0, 0] = bad  # one value of a late layer
+    path = tmp_path / f"bad{suffix}"
+    if suffix == ".ckpt":
+        state = {f"generator.{k}": v for k, v in generator.state_dict().items()}
+        torch.save({"state_dict": state, "hyper_parameters": {"model": {"generator": config}}}, path)
+    else:
+        save_generator_safetensors(generator, config, path)
+    with pytest.raises(WeightsError) as error:
+        load_generator(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: tensor image_out.weight holds NaN/Inf (1 of 216 values")
+
+
+def test_unknown_config_version_is_refused(tiny_generator_checkpoint, tmp_path: Path) -> None:
+    generator, config = load_generator(tiny_generator_checkpoint())
+    out = tmp_path / "tiny.safetensors"
+    config_path = save_generator_safetensors(generator, config, out)
+    sidecar = json.loads(config_path.read_text())
+    for version in (2, None):
+        config_path.write_text(json.dumps({**sidecar, "version": version}))
+        with pytest.raises(WeightsError) as error:
+            load_generator(out)
+        assert str(error.value) == (
+            f"{config_path}: dgggan-pl-generator config version {version!r}, but this dgggan-pl reads version 1 "
+            "only; use the dgggan-pl release that wrote it, or export the weights again"
+        )
+
+
+def test_an_unwritable_folder_is_one_line_naming_it(
+    tiny_generator_checkpoint, tmp_path: Path, monkeypatch
+) -> None:
+    generator, config = load_generator(tiny_generator_checkpoint())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UnwritableFolder, match=rf"^cannot write to {blocker / 'sub'} \(Not a directory\)"):
+        save_generator_safetensors(generator, config, blocker / "sub" / "g.safetensors")
+
+    def refuse(*args: object) -> None:  # what a read-only folder does to a non-root user, mid-write
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    folder = tmp_path / "ro"
+    with pytest.raises(UnwritableFolder) as error:
+        save_generator_safetensors(generator, config, folder / "g.safetensors")
+    assert str(error.value) == f"cannot write to {folder} (Permission denied); choose a writable folder"
+    assert list(folder.iterdir()) == []  # no temp file outlives the refusal
 
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:

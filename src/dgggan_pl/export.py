@@ -1,7 +1,7 @@
 """`python -m dgggan_pl.export CKPT`: share a trained generator as safetensors + JSON config, and as ONNX.
 
-Writes `<name>.safetensors` and `<name>.json` (loadable by `dgggan_pl.weights.load_generator` and the
-upscale CLI: no pickle, so no code can ride along) and `<name>.onnx`: input `lr` `(B, 3, h, w)` float32 in
+Writes `<name>.safetensors` and `<name>.json` (loadable by `SRModel.from_pretrained`, the upscale CLI and, with
+`import dgggan_pl`, spandrel: no pickle, so no code can ride along) and `<name>.onnx`: input `lr` `(B, 3, h, w)` float32 in
 [0, 1] with dynamic B, h, w; outputs `sr` `(B, 3, 4h, 4w)` (not clamped: clamp to [0, 1] before display)
 and `grad_map` (the SR gradient map) when the generator has a gradient branch. The ONNX file is checked
 with onnxruntime against PyTorch on two random inputs of different sizes before it is put in place.
@@ -20,14 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from dgggan_pl.methods import checkpoint_info
-from dgggan_pl.models.contract import SRGenerator
+from dgggan_pl.models.contract import SRGenerator, generator_output
+from dgggan_pl.sr_model import SRModel
 from dgggan_pl.utils.atomic import atomic_path, unwritable_reason
-from dgggan_pl.weights import (
-    CKPT_SUFFIX,
-    WeightsError,
-    load_generator,
-    save_generator_safetensors,
-)
+from dgggan_pl.weights import CKPT_SUFFIX, UnwritableFolder, WeightsError, save_generator_safetensors
 
 ONNX_INPUT = "lr"
 ONNX_OUTPUTS = ("sr", "grad_map")
@@ -55,7 +51,7 @@ class _OnnxGenerator(nn.Module):
         self.generator = generator
 
     def forward(self, lr: Tensor) -> tuple[Tensor, ...]:
-        output = self.generator(lr)
+        output = generator_output(self.generator(lr))
         return (output.sr,) if output.grad_map is None else (output.sr, output.grad_map)
 
 
@@ -65,7 +61,9 @@ def _stage(step: int, text: str) -> float:
     return time.perf_counter()
 
 
-def export_onnx(generator: SRGenerator, path: str | Path, opset: int | None = None) -> dict[str, float]:
+def export_onnx(
+    generator: SRGenerator | nn.Module, path: str | Path, opset: int | None = None
+) -> dict[str, float]:
     """Export `generator` to `path` with dynamic batch/H/W, check it with onnxruntime, then move it in place.
 
     Prints a line per stage (export, save, check). Returns the max absolute difference to PyTorch per check
@@ -182,20 +180,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        generator, config = load_generator(args.weights, use_ema=use_ema)
-        save_generator_safetensors(generator, config, targets[0], ema=use_ema)
+        model = SRModel.from_pretrained(args.weights, use_ema=use_ema)
+        save_generator_safetensors(model.generator, model.config, targets[0], ema=model.ema)
         print(f"wrote {targets[0]} and {targets[1]} ({'EMA' if use_ema else 'raw'} weights)")
         if not args.no_onnx:
-            gaps = export_onnx(generator, targets[2], args.opset)
+            gaps = export_onnx(model.generator, targets[2], args.opset)
             checks = ", ".join(f"{shape}: {gap:.1e}" for shape, gap in gaps.items())
             print(
                 f"wrote {targets[2]} (onnxruntime vs PyTorch max |diff| {checks}; limit min({ONNX_CHECK_ATOL}, "
                 f"{ONNX_CHECK_RTOL} x max |output|))"
             )
+    except UnwritableFolder as error:  # e.g. the folder became read-only or the disk is full mid-export
+        print(f"error: cannot write to {out_dir} ({error.reason}); choose another --out-dir", file=sys.stderr)
+        return EXIT_ERROR
     except (WeightsError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as error:  # e.g. the folder became read-only or the disk is full mid-export
+    except OSError as error:  # the ONNX file, written by the exporter
         print(
             f"error: cannot write to {out_dir} ({error.strerror or error}); choose another --out-dir",
             file=sys.stderr,

@@ -43,6 +43,7 @@ from dgggan_pl.methods import Method
 from dgggan_pl.metrics import registry
 from dgggan_pl.metrics.fidelity import quantize_8bit
 from dgggan_pl.metrics.tables import SetResult, safe_label
+from dgggan_pl.models.contract import outputs_gradient_map
 from dgggan_pl.models.gradient import gradient_magnitude
 from dgggan_pl.utils.atomic import atomic_open, write_text_atomic
 from dgggan_pl.utils.noise import silence_dependency_noise
@@ -123,15 +124,28 @@ def save_png(image: Image.Image, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ Figure 5
+def gives_gradient_map(method: Method) -> bool:
+    """Whether `method`'s generator outputs an SR gradient map (read from its output, so any generator answers)."""
+    return method.generator is not None and outputs_gradient_map(method.generator)
+
+
+def no_gradient_map(label: str) -> FigureError:
+    return FigureError(
+        f"figure5.model={label}: needs a generator whose output has a gradient map (a DGGGAN checkpoint with its "
+        "gradient branch)"
+    )
+
+
 def figure5(method: Method, item: Mapping, device: torch.device) -> Image.Image:
     """HR | G(HR) | SR gradient-branch map, the two maps as grey levels on the scale of G(HR)."""
-    if method.generator is None or not getattr(method.generator, "use_gradient_branch", False):
-        raise FigureError(
-            f"figure5.model={method.label}: needs a generator checkpoint with a gradient branch"
-        )
     hr = item["hr"][None]
     with torch.no_grad():
-        grad_map = method.generator(item["lr"][None].to(device)).grad_map.float().cpu()
+        grad_map = (
+            None if method.generator is None else method.generator(item["lr"][None].to(device)).grad_map
+        )
+    if grad_map is None:
+        raise no_gradient_map(method.label)
+    grad_map = grad_map.float().cpu()
     hr_grad = gradient_magnitude(hr).mean(1, keepdim=True)
     sr_grad = grad_map.mean(1, keepdim=True)
     scale = float(np.percentile(hr_grad.numpy(), GRADIENT_PERCENTILE)) or 1.0
@@ -252,19 +266,21 @@ def save_hr_images(out_dir: Path, datasets: Mapping[str, BenchmarkDataset]) -> N
 
 # ------------------------------------------------------------------ the command
 def check_figure_config(cfg: DictConfig, methods: Sequence[Method]) -> Method | None:
-    """Validate the figure keys before any work; returns the Figure 5 method (None: no checkpoint given)."""
+    """Validate the figure keys before any work; returns the Figure 5 method (None: no row has a gradient map)."""
     if HR_LABEL in {m.label for m in methods}:
         raise FigureError(f"labels: {HR_LABEL!r} is the page's ground-truth column; choose another label")
     for spec in [cfg.figure5.image, *cfg.figure6.images]:
         split_image(spec, list(cfg.sets))
-    checkpoints = [m for m in methods if m.generator is not None]
+    with_maps = [m for m in methods if gives_gradient_map(m)]
     if cfg.figure5.model is None:
-        return checkpoints[0] if checkpoints else None
+        return with_maps[0] if with_maps else None
     chosen = [m for m in methods if m.label == cfg.figure5.model]
     if not chosen:
         raise FigureError(
             f"figure5.model={cfg.figure5.model}: not a row label ({[m.label for m in methods]})"
         )
+    if chosen[0] not in with_maps:
+        raise no_gradient_map(cfg.figure5.model)
     return chosen[0]
 
 
@@ -278,9 +294,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     out_dir = Path(cfg.paths.output_dir)
     written = []
     if fig5_method is None:
-        log.warning(
-            "figure 5 not written: it shows a generator's gradient branch and models has no checkpoint"
-        )
+        log.warning("figure 5 not written: it shows a generator's gradient map and no row of models has one")
     else:
         set_name, name = split_image(cfg.figure5.image, list(cfg.sets))
         item = find_item(datasets[set_name], name)

@@ -1,8 +1,9 @@
 """The rows of the evaluation tables, figures and comparison page: one `Method` per entry of `models`.
 
-An entry is `bicubic` (MATLAB bicubic of the LR input), a generator file (`.ckpt` / `.safetensors`, read with
-`dgggan_pl.weights.load_generator`), `spandrel:<Label>=<weights file>`: a peer model (ESRGAN, RCAN, SwinIR, ...)
-built from its released weights by spandrel (`dgggan_pl.peers`; a bare `.pth` path is read the same way), or
+An entry is `bicubic` (MATLAB bicubic of the LR input), a generator file (`.ckpt` / `.safetensors` / a
+`save_pretrained` folder), `spandrel:<Label>=<weights file>`: a peer model (ESRGAN, RCAN, SwinIR, ...) built from
+its released weights by spandrel (`dgggan_pl.peers`; a bare `.pth` path is read the same way), each loaded as an
+`SRModel` (`dgggan_pl.sr_model`), or
 `results:<Label>=<folder>`: another method's published SR images,
 laid out `<folder>/<Set>/<name>.png` and matched by name to the benchmark HR (common suffixes such as `_x4`
 or `_SR` are stripped). A results folder is checked completely before anything is scored: a missing image,
@@ -15,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 from PIL import Image
@@ -25,7 +25,8 @@ from dgggan_pl.data.datasets import BenchmarkDataset
 from dgggan_pl.data.imresize import imresize
 from dgggan_pl.data.io import IMAGE_EXTENSIONS, read_image, to_float
 from dgggan_pl.metrics.fidelity import PIXEL_MAX, matlab_round
-from dgggan_pl.models.contract import SRGenerator
+from dgggan_pl.peers import is_peer_file
+from dgggan_pl.sr_model import SRModel
 
 BICUBIC = "bicubic"
 RESULTS_PREFIX = "results:"
@@ -41,13 +42,13 @@ class MethodError(ValueError):
 @dataclass
 class Method:
     """One row: `label` (table name), `source` (what produced it: file, iteration, weights) and how to get
-    the SR image of a benchmark item. `generator` is set for checkpoints (figures use its gradient branch)."""
+    the SR image of a benchmark item. `generator` is the `SRModel` of a weights row (figures use its gradient map)."""
 
     label: str
     source: str
     upscale: Upscaler | None = None
     results: dict[str, dict[str, Path]] = field(default_factory=dict)  # set -> image name -> SR file
-    generator: torch.nn.Module | None = None
+    generator: SRModel | None = None
 
     def sr(self, set_name: str, item: Mapping, device: torch.device) -> Tensor:
         """`(1, 3, H, W)` float in [0, 1] on `device` for a `BenchmarkDataset` item."""
@@ -91,34 +92,23 @@ def checkpoint_source(path: Path, use_ema: bool | None) -> str:
     return ", ".join(parts)
 
 
-def generator_upscaler(generator: SRGenerator, device: torch.device) -> Upscaler:
-    """`generator(lr).sr` on `device`, clamped and left unrounded: the metrics round it (one protocol for all)."""
+def model_upscaler(model: SRModel, device: torch.device) -> Upscaler:
+    """`model.upscale(lr)` (the whole image) on `device`, clamped and left unrounded: the metrics round it (one
+    protocol for all rows)."""
 
-    @torch.no_grad()
     def upscale(lr: Tensor) -> Tensor:
-        return generator(lr.to(device)).sr.clamp(0, 1)
+        return model.upscale(lr.to(device)).clamp(0, 1)
 
     return upscale
 
 
-def generator_method(label: str, path: str, use_ema: bool | None, device: torch.device, scale: int) -> Method:
-    """The generator stored at `path`, in eval mode on `device`."""
-    from dgggan_pl.weights import load_generator
-
-    generator, _ = load_generator(path, use_ema=use_ema, map_location=device)
-    if generator.scale != scale:
-        raise MethodError(f"{path}: generator scale is x{generator.scale} but the config has scale={scale}")
-    upscale = generator_upscaler(generator, device)
-    module = cast(torch.nn.Module, generator)  # load_generator only returns nn.Modules
-    return Method(label, checkpoint_source(Path(path), use_ema), upscale=upscale, generator=module)
-
-
-def peer_method(label: str, path: Path, device: torch.device, scale: int) -> Method:
-    """A peer model built by spandrel from its weights file, run whole-image like our generator's rows."""
-    from dgggan_pl.peers import load_peer
-
-    generator, _ = load_peer(path, scale=scale, map_location=device)
-    return Method(label, generator.source, upscale=generator_upscaler(generator, device))
+def model_method(label: str, path: Path, use_ema: bool | None, device: torch.device, scale: int) -> Method:
+    """The generator stored at `path` (ours or a peer's), in eval mode on `device`."""
+    model = SRModel.from_pretrained(path, use_ema=use_ema, map_location=device)
+    if model.scale != scale:
+        raise MethodError(f"{path}: generator scale is x{model.scale} but the config has scale={scale}")
+    source = checkpoint_source(path, use_ema) if path.suffix.lower() == ".ckpt" else model.source
+    return Method(label, source, upscale=model_upscaler(model, device), generator=model)
 
 
 def benchmark_name(file: Path, suffixes: Sequence[str]) -> str:
@@ -223,8 +213,6 @@ def build_methods(
     result_suffixes: Sequence[str],
 ) -> list[Method]:
     """Every row of `models`, results folders checked against `datasets` first (all problems in one error)."""
-    from dgggan_pl.peers import is_peer_file
-
     if not models:
         raise MethodError(
             "models: give at least one of `bicubic`, a checkpoint path, spandrel:<Label>=<weights file> or "
@@ -257,9 +245,8 @@ def build_methods(
             methods.append(
                 Method(label, f"SR images in {parse_results_entry(model)[1]}", results=folders[label])
             )
-        elif model.startswith(PEER_PREFIX) or is_peer_file(model):
-            file = parse_peer_entry(model)[1] if model.startswith(PEER_PREFIX) else Path(model)
-            methods.append(peer_method(label, file, device, scale))
         else:
-            methods.append(generator_method(label, model, use_ema, device, scale))
+            file = parse_peer_entry(model)[1] if model.startswith(PEER_PREFIX) else Path(model)
+            # A peer's file holds one set of weights: `use_ema` chooses among ours only.
+            methods.append(model_method(label, file, None if is_peer_file(file) else use_ema, device, scale))
     return methods

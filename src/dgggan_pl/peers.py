@@ -1,21 +1,21 @@
 """Peer models (ESRGAN, Real-ESRGAN, RCAN, SwinIR, HAT, SPAN, ...) from their released weights, via spandrel.
 
 spandrel (the optional extra `peers`) recognises some forty SR architectures and their hyper-parameters from a
-state dict alone. This module is the one place that talks to it: the file is read here without running code
-(`torch.load(weights_only=True)`, or safetensors), spandrel builds the architecture, and `PeerGenerator`
-gives it the interface our rows, `complexity` and `upscale` use (`scale`, `in_channels`, `forward(lr).sr`).
+state dict alone. This module reads peers' files with it (`dgggan_pl.spandrel_support` is the other direction:
+ours registered in spandrel): the file is read here without running code (`torch.load(weights_only=True)`, or
+safetensors), its tensors must be finite, spandrel builds the architecture, and `PeerGenerator` gives it the
+generator contract (`scale`, `in_channels`, `forward(lr).sr`), so `SRModel` serves it like ours.
 
-Peers always run on the whole image. Our exact tiling drives our generator's own two stages; overlap tiling of
-a peer is exact only when the overlap covers its receptive field, which is hundreds of LR pixels for
-ESRGAN's 23 RRDBs and the whole image for RCAN's channel attention or a transformer's global ops. So instead
-`upscale` checks the memory a whole-image forward needs (`PeerGenerator.estimate_memory`) before it starts.
+Peers run on the whole image (`whole_image_only`). Overlap tiling of a peer is exact only when the overlap covers
+its receptive field, which is hundreds of LR pixels for ESRGAN's 23 RRDBs and the whole image for RCAN's channel
+attention or a transformer's global ops, and spandrel pads a tile to its size needs unlike the whole image. So
+`upscale` checks the memory a whole-image forward needs (`PeerGenerator.activation_bytes`) before it starts.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from dgggan_pl.models.contract import GeneratorOutput, LRFeatures, Run, apply
-from dgggan_pl.tiling import MemoryEstimate
-from dgggan_pl.weights import SAFETENSORS_SUFFIX, WeightsError, load_tensors_only, sidecar_path
+from dgggan_pl.models.contract import GeneratorOutput
+from dgggan_pl.probes import forward_bytes_per_pixel, probe_side
+from dgggan_pl.weights import (
+    SAFETENSORS_SUFFIX,
+    WeightsError,
+    check_finite,
+    has_our_config,
+    load_tensors_only,
+    sidecar_path,
+)
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")  # what peers release; `.ckpt` is always a dgggan-pl training file
 PEER_SCALE = 4  # the paper's task: every row of Tables 3/4 and every `upscale` output is x4
 INSTALL_HINT = "pip install 'dgggan-pl[peers]'"
-PROBE_SIZE = 32  # LR side of the forward that measures a peer's activation memory (it grows with the area)
-# Tracked tensors miss convolution workspaces: whole-image RSS growth at LR 256x256 was 1.44x the tracked peak
-# for ESRGAN (64nf, 23nb) and 1.07x for RCAN (10 groups x 20 blocks), so the estimate is scaled up by this.
-ACTIVATION_MARGIN = 1.5
 
 
 class PeerError(WeightsError):
@@ -45,10 +46,11 @@ class PeerError(WeightsError):
 
 
 def is_peer_file(path: str | os.PathLike) -> bool:
-    """True for files that are not ours: `.pth`/`.pt`/`.bin`, or `.safetensors` without our JSON config."""
+    """True for files that are not ours: `.pth`/`.pt`/`.bin`, or `.safetensors` without our config (no JSON beside
+    it, none inside it)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    return suffix in PICKLE_SUFFIXES or (suffix == SAFETENSORS_SUFFIX and not sidecar_path(path).is_file())
+    return suffix in PICKLE_SUFFIXES or (suffix == SAFETENSORS_SUFFIX and not has_our_config(path))
 
 
 def _not_ours(path: Path) -> str:
@@ -88,6 +90,7 @@ def load_descriptor(path: str | os.PathLike, scale: int = PEER_SCALE) -> Any:
         raise PeerError(f"{path}: weights file not found")
     spandrel = _spandrel(path)
     state = spandrel.canonicalize_state_dict(dict(read_state_dict(path)))
+    check_finite(state, path)
     try:
         descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(state)
     except spandrel.UnsupportedModelError as error:
@@ -112,93 +115,48 @@ def load_descriptor(path: str | os.PathLike, scale: int = PEER_SCALE) -> Any:
     return descriptor.eval()
 
 
-class _PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of the tensors alive during a forward (each storage counted once, freed with its tensor)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._storages: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, Tensor):
-                storage = tensor.untyped_storage()
-                pointer = storage.data_ptr()
-                if pointer and pointer not in self._storages:
-                    self._storages.add(pointer)
-                    self.live += storage.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(tensor, self._free, pointer, storage.nbytes())
-        return out
-
-    def _free(self, pointer: int, nbytes: int) -> None:
-        self._storages.discard(pointer)
-        self.live -= nbytes
-
-
 class PeerGenerator(nn.Module):
     """A spandrel SR model as a generator: `(B, 3, h, w)` in [0, 1] -> `GeneratorOutput(sr, None)`, `sr`
     `(B, 3, s*h, s*w)` clamped to [0, 1] (spandrel pads to the architecture's size needs and crops back)."""
 
-    use_gradient_branch = False  # no gradient map: Figure 5 needs one of ours
+    # Tiles of a peer are not exact (see the module docstring): `dgggan_pl.tiling` runs it on the whole image.
+    whole_image_only = True
+    # spandrel rebuilds it from its tensors alone: `SRModel.save_pretrained` writes them without a config.
+    rebuilt_from_tensors = True
 
     def __init__(self, descriptor: Any, path: str | os.PathLike) -> None:
         super().__init__()
-        self.model = descriptor.model  # registered, so .to(device / memory_format) moves what spandrel runs
+        # Registered, so that .to(device / memory_format / dtype) moves what spandrel runs.
+        self.model = descriptor.model
         self._descriptor = descriptor
         self.scale: int = descriptor.scale
         self.in_channels: int = descriptor.input_channels
         self.architecture: str = descriptor.architecture.name
         tags = f" ({', '.join(descriptor.tags)})" if descriptor.tags else ""
         self.source = f"spandrel {self.architecture}{tags}: {path}"
-        self._bytes_per_pixel: float | None = None
+        self._bytes_per_pixel: dict[tuple[torch.device, torch.dtype], float] = {}
 
     def forward(self, lr: Tensor) -> GeneratorOutput:
         # One image per call (spandrel's contract); a copy, since some architectures (RCAN) rescale in place.
         return GeneratorOutput(torch.cat([self._descriptor(image[None].clone()) for image in lr]), None)
 
-    # `SRGenerator`'s two stages, so that a peer types as a generator; but a peer is one opaque forward whose ops
-    # need not be local, so the stage-wise (tiled) path is refused with a reason instead of being approximated.
-    def encode(self, lr: Tensor, run: Run = apply, *, inplace: bool = False) -> LRFeatures:
-        raise self._whole_image_only()
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The network's tensors keyed as its authors released them: what `save_pretrained` writes and spandrel
+        reads back (not under this wrapper's `model.` prefix)."""
+        return self.model.state_dict(*args, **kwargs)
 
-    def decode(self, features: LRFeatures, lr: Tensor) -> GeneratorOutput:
-        raise self._whole_image_only()
-
-    def _whole_image_only(self) -> NotImplementedError:
-        return NotImplementedError(
-            f"{self.source}: a peer model runs on the whole image only (tiling needs our generator's stages)"
-        )
-
-    def activation_bytes_per_pixel(self) -> float:
-        """Peak working memory of a whole-image forward per LR pixel, measured once on a small probe."""
-        if self._bytes_per_pixel is None:
+    def activation_bytes(self, height: int, width: int) -> int:
+        """Peak working memory of one forward on a `height` x `width` input (the optional memory estimate of the
+        generator contract), measured once per device and dtype on a probe that meets spandrel's size needs."""
+        parameter = next(self.parameters())
+        key = (parameter.device, parameter.dtype)
+        if key not in self._bytes_per_pixel:
             needs = self._descriptor.size_requirements
-            side = max(PROBE_SIZE, needs.minimum)
-            side = math.ceil(side / needs.multiple_of) * needs.multiple_of
-            parameter = next(self.parameters())
-            probe = torch.rand(
-                1, self.in_channels, side, side, device=parameter.device, dtype=parameter.dtype
+            side = probe_side(needs.minimum, needs.multiple_of)
+            self._bytes_per_pixel[key] = forward_bytes_per_pixel(
+                self, self.in_channels, side, parameter.device, parameter.dtype
             )
-            tracker = _PeakTensorBytes()
-            with tracker:
-                self(probe)
-            self._bytes_per_pixel = ACTIVATION_MARGIN * tracker.peak / side**2
-        return self._bytes_per_pixel
-
-    def estimate_memory(self, height: int, width: int) -> MemoryEstimate:
-        """`tiling.MemoryEstimate` of one whole-image forward (`tile` holds it: one tile = the whole image)."""
-        lr_input = self.in_channels * height * width * next(self.parameters()).element_size()
-        return MemoryEstimate(
-            lr_stage=lr_input,
-            hr_stage=lr_input,
-            output=self.in_channels * self.scale**2 * height * width,
-            tile=math.ceil(self.activation_bytes_per_pixel() * height * width),
-            gate_map=0,
-        )
+        return math.ceil(self._bytes_per_pixel[key] * height * width)
 
 
 def load_peer(

@@ -12,36 +12,52 @@ repeated or reached into:
 1. LR stage (`encode_tiled`): `generator.encode(lr, run)` with a `run` that applies each local operation
    (heads, the convolutions of one block, G(.), trunk + long skip) on tiles grown by its own receptive
    radius (4 LR pixels for a block); each SE gate is computed by the generator on the assembled full map,
-   as in the untiled forward. Memory: `2 * branches + 1` C-channel LR maps of the whole image (in place
-   where the forward would allocate a new one), plus one tile's working set.
+   as in the untiled forward. Memory: `branches + 1` C-channel LR maps of the whole image (in place where
+   the forward would allocate a new one; each head is recomputed for its long skip rather than held), plus
+   one tile's working set.
 2. HR stage: `generator.decode` (x4 tails, fusion, output convs, the optional bicubic global skip, whose
    receptive radius is 2 LR pixels) on LR tiles of `tile` pixels with `overlap` pixels of context on each
    side; only the valid centre of each tile's output is kept (no blending needed). The LR input is an
    input of this stage, so the skip's reach is measured with the rest. This stage dominates compute and
    the per-tile memory (~16x the pixels); its output can be written straight into a uint8 buffer.
-Radii are measured on the actual modules (`receptive_radius`); the number of tile steps, the feature maps'
-channels and the widest LR-stage op are read from a dry run of `encode` on a 1x1 input, not hard-coded.
-`DGGGANGenerator.enable_tiling` + `upscale` is the user-facing form (`super_resolve` below).
+Radii are measured on the actual modules (`dgggan_pl.probes.receptive_radius`); the number of tile steps, the
+feature maps' channels and the widest LR-stage op are read from a dry run of `encode` on a 1x1 input, not
+hard-coded. This is the `staged` plan, for any generator with the two stages.
+
+A generator without them (ESRGAN's RRDBNet, `model=rrdbnet`) is tiled the plain way, exactly too (`overlap`
+plan): whole forwards on tiles grown by its measured receptive radius (`forward_radius`), each tile's centre kept.
+A generator whose reach cannot be bounded within the probes' budget (a global op) or that says
+`whole_image_only` (peers, `dgggan_pl.peers`) runs on the whole image (`whole` plan, with the reason).
+`SRModel.enable_tiling` + `upscale` is the user-facing form (`super_resolve` below); `plan_tiling` picks the plan.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, cast
+from typing import Literal, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dgggan_pl.data.io import quantize_uint8, to_float
-from dgggan_pl.models.contract import LRFeatures, Run, SRGenerator, apply
+from dgggan_pl.models.contract import LRFeatures, Run, SRGenerator, apply, generator_output
+from dgggan_pl.probes import (
+    UnboundedReach,
+    forward_bytes_per_pixel,
+    in_channels_of,
+    probe_side,
+    receptive_radius,
+    scale_of,
+)
 
 # LR pixels per HR-stage tile of `upscale` (CLI and model default): 1.3 GiB peak RSS at C = 64, and fewer, larger
 # ops than 64 (which is a little faster on one thread but thread-bound on a busy 2-core box); docs/inference.md.
 DEFAULT_TILE = 128
 LR_STAGE_TILE_FACTOR = 2  # LR-stage tiles are this many times wider: ~13C channels/pixel vs ~96C at HR
-_PROBE_SIZE = 17  # first probe (LR pixels) when measuring a receptive radius; doubled until it fits
 
 ProgressFn = Callable[[int, int], None]
 TileFn = Callable[..., Tensor]
@@ -60,11 +76,11 @@ def encode_tiled(
     Same result as `generator.encode(lr)`; the maps stay on `lr`'s device, tiles run on the generator's.
     `inplace=False` keeps every intermediate map (one more C-channel map per branch; for comparisons).
     """
-    device = next(generator.parameters()).device
+    weight = _weight(generator)
 
     def run(fn: TileFn, *inputs: Tensor) -> Tensor:
-        halo = receptive_radius(fn, inputs, device)
-        return map_tiles(fn, inputs, tile=tile, halo=halo, device=device, progress=progress)
+        halo = receptive_radius(fn, inputs, weight.device, dtype=weight.dtype)
+        return map_tiles(fn, inputs, tile=tile, halo=halo, device=weight.device, progress=progress)
 
     return generator.encode(lr, run, inplace=inplace)
 
@@ -86,15 +102,15 @@ def decode_tiled(
     """
     out = None
     if to_uint8:
-        height, width = (generator.scale * n for n in lr.shape[-2:])
+        height, width = (scale_of(generator) * n for n in lr.shape[-2:])
         out = uint8_image_buffer(lr.shape[0], height, width, lr.shape[1])
     return map_tiles(
         _decode_sr(generator, features),
         _decode_inputs(features, lr),
         tile=tile,
         halo=overlap,
-        device=next(generator.parameters()).device,
-        scale=generator.scale,
+        device=_weight(generator).device,
+        scale=scale_of(generator),
         progress=progress,
         out=out,
         convert=quantize_uint8 if to_uint8 else None,
@@ -116,9 +132,39 @@ def count_local_ops(generator: SRGenerator) -> int:
 
 def dry_encode(generator: SRGenerator, run: Run = apply) -> LRFeatures:
     """`generator.encode` on a 1x1 input: the LR features' layout (maps, channels) and every op passed to `run`."""
-    device = next(generator.parameters()).device
+    weight = _weight(generator)
     with torch.no_grad():
-        return generator.encode(torch.zeros(1, generator.in_channels, 1, 1, device=device), run, inplace=True)
+        lr = torch.zeros(1, in_channels_of(generator), 1, 1, device=weight.device, dtype=weight.dtype)
+        return generator.encode(lr, run, inplace=True)
+
+
+class LRMaps(NamedTuple):
+    """Channels of the whole-image LR maps `encode_tiled` holds: at its peak (all alive at once, the one being
+    tiled included), of the features it returns, and of the widest map (what one SE gate pools)."""
+
+    peak: int
+    features: int
+    widest: int
+
+
+def lr_stage_maps(generator: SRGenerator) -> LRMaps:
+    """Counted on a dry `encode` (in place, as `encode_tiled` runs it): every map `run` returns is tracked until
+    it is freed, so the count follows the generator's own code, not a formula."""
+    live: dict[int, int] = {}  # a number per map `run` made -> its channels, while the map is alive
+    made = itertools.count()
+    peak = widest = 0
+
+    def run(fn: TileFn, *inputs: Tensor) -> Tensor:
+        nonlocal peak, widest
+        out = fn(*inputs)
+        key = next(made)
+        live[key] = out.shape[1]
+        weakref.finalize(out, live.pop, key, None)
+        peak, widest = max(peak, sum(live.values())), max(widest, out.shape[1])
+        return out
+
+    features = dry_encode(generator, run)
+    return LRMaps(peak, sum(f.shape[1] for f in features if f is not None), widest)
 
 
 def lr_stage_radius(generator: SRGenerator) -> int:
@@ -127,14 +173,14 @@ def lr_stage_radius(generator: SRGenerator) -> int:
     Ops of the same function on modules of the same structure (equal `repr`, e.g. the 20 EMSRBs) and channel
     counts are measured once: a radius depends on the architecture, not on the weights.
     """
-    device = next(generator.parameters()).device
+    weight = _weight(generator)
     radii: dict[tuple, int] = {}
 
     def run(fn: TileFn, *inputs: Tensor) -> Tensor:
         owner = getattr(fn, "__self__", fn)
         key = (getattr(fn, "__func__", fn), repr(owner), tuple(x.shape[1] for x in inputs))
         if key not in radii:
-            radii[key] = receptive_radius(fn, inputs, device)
+            radii[key] = receptive_radius(fn, inputs, weight.device, dtype=weight.dtype)
         return fn(*inputs)
 
     dry_encode(generator, run)
@@ -150,32 +196,6 @@ def _decode_sr(generator: SRGenerator, features: LRFeatures) -> TileFn:
     if features.gradient is not None:
         return lambda image, gradient, lr: generator.decode(LRFeatures(image, gradient), lr).sr
     return lambda image, lr: generator.decode(LRFeatures(image, None), lr).sr
-
-
-def receptive_radius(fn: TileFn, inputs: Sequence[Tensor], device: torch.device, scale: int = 1) -> int:
-    """How many LR pixels of context one output pixel of `fn` needs, measured by back-propagation.
-
-    `fn` maps `(1, C_i, n, n)` tensors shaped like `inputs` to `(1, C', scale*n, scale*n)`. The gradient of
-    the outputs of the centre LR pixel w.r.t. random inputs is non-zero exactly on its receptive field
-    (global ops such as SE must be left out of `fn`, they would make it the whole probe). Probes are float32
-    on `device` (where `fn`'s weights live); only the channel counts of `inputs` are used.
-    """
-    size = _PROBE_SIZE
-    while True:
-        centre = size // 2
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            probes = [
-                torch.randn(1, x.shape[1], size, size, device=device, requires_grad=True) for x in inputs
-            ]
-            out = fn(*probes)
-            window = out[..., centre * scale : (centre + 1) * scale, centre * scale : (centre + 1) * scale]
-            grads = torch.autograd.grad(window.sum(), probes, allow_unused=True)
-        reach = cast(Tensor, sum(g.abs().sum(dim=(0, 1)) for g in grads if g is not None)) != 0
-        rows, cols = reach.nonzero(as_tuple=True)
-        radius = int(max((rows - centre).abs().max(), (cols - centre).abs().max()))
-        if radius < centre:
-            return radius
-        size = 2 * size + 1
 
 
 def map_tiles(
@@ -242,20 +262,108 @@ def uint8_image_buffer(batch: int, height: int, width: int, channels: int = 3) -
 
 
 def count_tile_steps(generator: SRGenerator, height: int, width: int, tile: int) -> int:
-    """How many times `upscale_tiled` calls its progress callback for an `height` x `width` LR image."""
+    """How many times `upscale_tiled` calls its progress callback for an `height` x `width` LR image (staged)."""
     lr_tile = LR_STAGE_TILE_FACTOR * tile
     lr_tiles = math.ceil(height / lr_tile) * math.ceil(width / lr_tile)
-    hr_tiles = math.ceil(height / tile) * math.ceil(width / tile)
-    return count_local_ops(generator) * lr_tiles + hr_tiles
+    return count_local_ops(generator) * lr_tiles + _tile_count(height, width, tile)
+
+
+def _tile_count(height: int, width: int, tile: int) -> int:
+    return math.ceil(height / tile) * math.ceil(width / tile)
+
+
+class TilingPlan(NamedTuple):
+    """How `super_resolve` runs a generator. `mode`: `whole` (one forward), `staged` (its two stages, each tiled:
+    `upscale_tiled`) or `overlap` (whole forwards on `tile`-pixel tiles grown by `overlap` LR pixels). `overlap` is
+    the HR stage's context (staged) or the whole forward's (overlap); `note` says why a tiled request runs whole."""
+
+    mode: Literal["whole", "staged", "overlap"]
+    tile: int = 0
+    overlap: int = 0
+    note: str | None = None
+
+
+# Measured once per generator object, device and dtype (a radius or a working set depends on the architecture,
+# not on the weights): `upscale` plans every image of a folder with them.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, TilingPlan]] = weakref.WeakKeyDictionary()
+_BYTES_PER_PIXEL: weakref.WeakKeyDictionary[nn.Module, dict[tuple, float]] = weakref.WeakKeyDictionary()
+
+
+def _weight(generator: SRGenerator) -> Tensor:
+    """The first parameter: tiles and probes run on its device and dtype, in its memory format."""
+    return next(generator.parameters())
+
+
+def _measured_key(generator: SRGenerator, *extra: object) -> tuple:
+    weight = _weight(generator)
+    return (weight.device, weight.dtype, *extra)
+
+
+def _check_measurable(generator: SRGenerator) -> None:
+    if any(p.is_inference() for p in generator.parameters()):
+        raise ValueError(
+            "the generator's weights were created inside torch.inference_mode(), so its receptive radii cannot be "
+            "measured by back-propagation; build or load it outside inference_mode (torch.no_grad() is fine)"
+        )
+
+
+def forward_radius(generator: SRGenerator) -> int:
+    """Receptive radius (LR pixels) of the whole forward: the smallest seam-free overlap of the `overlap` plan.
+    Raises `probes.UnboundedReach` when a global op (or a very deep net) makes it exceed the probes' budget."""
+    weight = _weight(generator)
+    probe = [torch.empty(1, in_channels_of(generator), 1, 1)]
+    return receptive_radius(
+        _sr_of(generator), probe, weight.device, scale=scale_of(generator), dtype=weight.dtype
+    )
+
+
+def _sr_of(generator: SRGenerator) -> TileFn:
+    """The whole forward as a tile function: LR -> SR image (a bare tensor or `GeneratorOutput.sr`)."""
+    return lambda lr: generator_output(generator(lr)).sr
+
+
+def plan_tiling(generator: SRGenerator, tile: int, overlap: int | None = None) -> TilingPlan:
+    """The plan for `tile` LR pixels per tile (0: whole image) and `overlap` (None: the measured seam-free
+    minimum; a smaller one is allowed but warned about: seams may show). Cached per generator, device, dtype."""
+    if tile < 0 or (overlap is not None and overlap < 0):
+        raise ValueError(
+            f"tiling needs tile >= 0 and overlap >= 0 (or None), got tile={tile}, overlap={overlap}"
+        )
+    if tile == 0:
+        return TilingPlan("whole")
+    if getattr(generator, "whole_image_only", False):
+        return TilingPlan("whole", note="it runs on the whole image only")
+    _check_measurable(generator)
+    plans = _PLANS.setdefault(generator, {})  # type: ignore[arg-type]
+    key = _measured_key(generator, tile, overlap)
+    if key not in plans:
+        staged = isinstance(
+            generator, SRGenerator
+        )  # the contract's two stages (structurally: encode, decode)
+        try:
+            radius = hr_stage_radius(generator) if staged else forward_radius(generator)
+        except UnboundedReach as error:
+            plans[key] = TilingPlan("whole", note=f"not tiled exactly ({error})")
+            return plans[key]
+        if overlap is not None and overlap < radius:
+            warnings.warn(
+                f"tile overlap {overlap} < the receptive radius {radius} LR pixels: tiles may show seams",
+                stacklevel=2,
+            )
+        plans[key] = TilingPlan(
+            "staged" if staged else "overlap", tile, radius if overlap is None else overlap
+        )
+    return plans[key]
 
 
 class MemoryEstimate(NamedTuple):
-    """Bytes `upscale_tiled(..., to_uint8=True)` allocates beyond the loaded model, by stage and place.
+    """Bytes `super_resolve` of a uint8 image allocates beyond the loaded model, by stage and place.
 
     `lr_stage`: peak of the whole-image LR maps during the LR stage (on `lr`'s device); `hr_stage`: the LR
     maps the HR stage reads; `output`: the uint8 SR image (allocated after the LR stage); `tile`: one
-    tile's activations on the generator's device, the larger of the two stages'; `gate_map`: the one
-    whole C-channel map each SE gate pools on the generator's device.
+    tile's activations on the generator's device, the larger of the two stages' (the whole image's forward
+    when untiled); `gate_map`: the one whole C-channel map each SE gate pools on the generator's device.
+    Generators without stages hold only the LR input in the two stage fields.
     """
 
     lr_stage: int
@@ -277,44 +385,69 @@ LR_TILE_FLOATS_PER_CHANNEL = 18
 HR_TILE_FLOATS_PER_CHANNEL = 8
 
 
+def activation_bytes(generator: SRGenerator, height: int, width: int) -> int:
+    """Peak working memory of one forward on a `height` x `width` input: the generator's own estimate when it
+    brings one (the contract's optional `activation_bytes(height, width)`), else measured on a probe."""
+    own = getattr(generator, "activation_bytes", None)
+    if callable(own):
+        return int(own(height, width))
+    measured = _BYTES_PER_PIXEL.setdefault(generator, {})  # type: ignore[arg-type]
+    key = _measured_key(generator)
+    if key not in measured:
+        weight = _weight(generator)
+        measured[key] = forward_bytes_per_pixel(
+            _sr_of(generator), in_channels_of(generator), probe_side(), weight.device, weight.dtype
+        )
+    return math.ceil(measured[key] * height * width)
+
+
 def estimate_memory(
     generator: SRGenerator, height: int, width: int, tile: int, overlap: int | None = None
 ) -> MemoryEstimate:
     """What upscaling one `height` x `width` LR image costs (`tile` 0: the whole image as one tile).
 
-    The LR stage holds the LR input and `2 * branches + 1` C-channel maps of the whole image (each branch's
-    head and current features, and the map being tiled), the HR stage the final LR features and the LR input.
+    Staged: the LR stage holds the LR input and the whole-image maps counted by `lr_stage_maps` (DGGGAN: each
+    branch's current features and the map being tiled, `branches + 1` C-channel maps), the HR stage the final LR
+    features and the LR input. Otherwise one forward's working set on the (grown) tile or the whole image
+    (`activation_bytes`).
     """
-    features = dry_encode(generator)
-    channels = features.image.shape[1]
-    branches = sum(f is not None for f in features)
-    map_bytes = height * width * next(generator.parameters()).element_size()
-    lr_input = generator.in_channels * map_bytes
-    output = generator.in_channels * generator.scale**2 * height * width
-    lr_side, hr_side = (height, width), (height, width)
-    if tile > 0:
-        halo = hr_stage_radius(generator) if overlap is None else overlap
-        reach = max(lr_stage_radius(generator), halo)
-        lr_tile = LR_STAGE_TILE_FACTOR * tile
-        lr_side = (min(lr_tile, height) + 2 * reach, min(lr_tile, width) + 2 * reach)
-        hr_side = (min(tile, height) + 2 * halo, min(tile, width) + 2 * halo)
+    plan = plan_tiling(generator, tile, overlap)
+    element = _weight(generator).element_size()
+    lr_input = in_channels_of(generator) * height * width * element
+    output = in_channels_of(generator) * scale_of(generator) ** 2 * height * width
+    if plan.mode != "staged":
+        side = (height, width) if plan.mode == "whole" else _grown(plan.tile, plan.overlap, height, width)
+        working = activation_bytes(generator, *side)
+        return MemoryEstimate(lr_input, lr_input, output, working, 0)
+    maps = lr_stage_maps(generator)
+    map_bytes = height * width * element
+    reach = max(lr_stage_radius(generator), plan.overlap)
+    lr_side = _grown(LR_STAGE_TILE_FACTOR * plan.tile, reach, height, width)
+    hr_side = _grown(plan.tile, plan.overlap, height, width)
     lr_floats = LR_TILE_FLOATS_PER_CHANNEL * lr_side[0] * lr_side[1]
-    hr_floats = HR_TILE_FLOATS_PER_CHANNEL * generator.scale**2 * hr_side[0] * hr_side[1]
+    hr_floats = HR_TILE_FLOATS_PER_CHANNEL * scale_of(generator) ** 2 * hr_side[0] * hr_side[1]
     return MemoryEstimate(
-        lr_stage=lr_input + (2 * branches + 1) * channels * map_bytes,
-        hr_stage=lr_input + branches * channels * map_bytes,
+        lr_stage=lr_input + maps.peak * map_bytes,
+        hr_stage=lr_input + maps.features * map_bytes,
         output=output,
-        tile=max(lr_floats, hr_floats) * channels * next(generator.parameters()).element_size(),
-        gate_map=channels * map_bytes,
+        tile=max(lr_floats, hr_floats) * maps.widest * element,
+        gate_map=maps.widest * map_bytes,
     )
 
 
+def _grown(tile: int, halo: int, height: int, width: int) -> tuple[int, int]:
+    """The side of the largest tile grown by `halo`: what one tile op holds."""
+    return min(tile, height) + 2 * halo, min(tile, width) + 2 * halo
+
+
 def hr_stage_radius(generator: SRGenerator) -> int:
-    """Receptive radius (LR pixels) of the HR stage: the smallest `overlap` that makes tiles seam-free."""
+    """Receptive radius (LR pixels) of the HR stage: the smallest `overlap` that makes staged tiles seam-free."""
     features = dry_encode(generator)  # 1x1 maps: the probes only take their channel counts
-    inputs = _decode_inputs(features, torch.empty(1, generator.in_channels, 1, 1))
-    device = next(generator.parameters()).device
-    return receptive_radius(_decode_sr(generator, features), inputs, device, scale=generator.scale)
+    inputs = _decode_inputs(features, torch.empty(1, in_channels_of(generator), 1, 1))
+    weight = _weight(generator)
+    return receptive_radius(
+        _decode_sr(generator, features), inputs, weight.device, scale=scale_of(generator), dtype=weight.dtype
+    )
 
 
 @torch.inference_mode()
@@ -327,29 +460,29 @@ def upscale_tiled(
     progress: ProgressFn | None = None,
     to_uint8: bool = False,
 ) -> Tensor:
-    """x`scale` SR of `lr` `(B, 3, h, w)` in [0, 1] -> `(B, 3, scale*h, scale*w)`, tile by tile.
+    """x`scale` SR of `lr` `(B, 3, h, w)` in [0, 1] -> `(B, 3, scale*h, scale*w)`, tile by tile (`plan_tiling`).
 
-    `tile`: LR pixels per HR-stage tile (the LR stage uses `LR_STAGE_TILE_FACTOR` times wider tiles).
-    `overlap`: LR pixels of context around each HR-stage tile; None = `hr_stage_radius(generator)`, the
-    smallest seam-free value. Smaller values are allowed (faster) but warned about: seams may show.
-    `progress(done, total)` is called after every tile. Returns the SR image on `lr`'s device: float (not
-    clamped), or with `to_uint8` each tile rounded as `save_image` does straight into a uint8 buffer
-    (`uint8_image_buffer`, allocated after the LR stage), so no float HR image ever exists. Memory:
-    `estimate_memory`.
+    `tile`: LR pixels per tile (staged: per HR-stage tile; the LR stage uses `LR_STAGE_TILE_FACTOR` times wider
+    ones). `overlap`: LR pixels of context around each tile; None = the measured receptive radius, the smallest
+    seam-free value. Smaller values are allowed (faster) but warned about: seams may show. `progress(done,
+    total)` is called after every tile. Returns the SR image on `lr`'s device: float (not clamped), or with
+    `to_uint8` each tile rounded as `save_image` does straight into a uint8 buffer (`uint8_image_buffer`,
+    allocated after the LR stage), so no float HR image ever exists. Memory: `estimate_memory`.
     """
-    if any(p.is_inference() for p in generator.parameters()):
-        raise ValueError(
-            "the generator's weights were created inside torch.inference_mode(), so its receptive radii cannot be "
-            "measured by back-propagation; build or load it outside inference_mode (torch.no_grad() is fine)"
-        )
-    radius = hr_stage_radius(generator)
-    overlap = radius if overlap is None else overlap
-    if overlap < radius:
-        warnings.warn(
-            f"tile overlap {overlap} < the HR stage's receptive radius {radius} LR pixels: tiles may show seams",
-            stacklevel=3,  # past the inference_mode wrapper, to the caller
-        )
-    total = count_tile_steps(generator, lr.shape[-2], lr.shape[-1], tile)
+    return _run_plan(generator, lr, plan_tiling(generator, tile, overlap), progress, to_uint8)
+
+
+def _run_plan(
+    generator: SRGenerator, lr: Tensor, plan: TilingPlan, progress: ProgressFn | None, to_uint8: bool
+) -> Tensor:
+    """`lr` (on any device, the generator's dtype) through `plan`; the result stays on `lr`'s device."""
+    height, width = lr.shape[-2:]
+    if plan.mode == "whole":
+        total = 1
+    elif plan.mode == "staged":
+        total = count_tile_steps(generator, height, width, plan.tile)
+    else:
+        total = _tile_count(height, width, plan.tile)
     done = 0
 
     def step() -> None:
@@ -358,8 +491,30 @@ def upscale_tiled(
         if progress is not None:
             progress(done, total)
 
-    features = encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * tile, step)
-    return decode_tiled(generator, features, lr, tile, overlap, step, to_uint8=to_uint8)
+    device = _weight(generator).device
+    if plan.mode == "whole":
+        sr = _sr_of(generator)(lr.to(device)).to(lr.device)
+        step()
+        return quantize_uint8(sr) if to_uint8 else sr
+    if plan.mode == "staged":
+        features = encode_tiled(generator, lr, LR_STAGE_TILE_FACTOR * plan.tile, step)
+        return decode_tiled(generator, features, lr, plan.tile, plan.overlap, step, to_uint8=to_uint8)
+    out = (
+        uint8_image_buffer(lr.shape[0], scale_of(generator) * height, scale_of(generator) * width)
+        if to_uint8
+        else None
+    )
+    return map_tiles(
+        _sr_of(generator),
+        [lr],
+        tile=plan.tile,
+        halo=plan.overlap,
+        device=device,
+        scale=scale_of(generator),
+        progress=step,
+        out=out,
+        convert=quantize_uint8 if to_uint8 else None,
+    )
 
 
 def super_resolve(
@@ -370,23 +525,23 @@ def super_resolve(
     *,
     progress: ProgressFn | None = None,
 ) -> Tensor:
-    """x`scale` SR of one image `(3, h, w)` or a batch `(B, 3, h, w)`; `tile` 0 runs it whole, else tiled.
+    """x`scale` SR of one image `(3, h, w)` or a batch `(B, 3, h, w)`; `tile` 0 runs it whole, else tiled
+    (`plan_tiling`: staged, overlap, or whole where tiling cannot be exact).
 
     uint8 in -> uint8 out, rounded as `save_image` rounds (tiled: each tile straight into the uint8 image, no
-    float HR image is held); float in [0, 1] -> float, not clamped. The input follows the generator's memory
-    format (channels_last weights, channels_last input). The one implementation behind `upscale` (the CLI)
-    and `DGGGANGenerator.upscale`.
+    float HR image is held); float in [0, 1] -> float of the input's dtype, not clamped. The input follows the
+    generator's dtype (`.half()`) and memory format (channels_last weights, channels_last input). The one
+    implementation behind `upscale` (the CLI) and `SRModel.upscale`.
     """
     lr = image if image.dim() == 4 else image.unsqueeze(0)
     to_uint8 = lr.dtype == torch.uint8
-    lr = to_float(lr) if to_uint8 else lr
-    weight = next(generator.parameters())
+    out_dtype = lr.dtype
+    weight = _weight(generator)
+    lr = (to_float(lr) if to_uint8 else lr).to(weight.dtype)
     if weight.is_contiguous(memory_format=torch.channels_last):
         lr = lr.contiguous(memory_format=torch.channels_last)
-    if tile > 0:
-        sr = upscale_tiled(generator, lr, tile, overlap, progress=progress, to_uint8=to_uint8)
-    else:
-        with torch.inference_mode():
-            sr = generator(lr.to(weight.device)).sr.to(lr.device)
-        sr = quantize_uint8(sr) if to_uint8 else sr
+    plan = plan_tiling(generator, tile, overlap)
+    with torch.inference_mode():
+        sr = _run_plan(generator, lr, plan, progress, to_uint8)
+    sr = sr if to_uint8 else sr.to(out_dtype)
     return sr if image.dim() == 4 else sr[0]

@@ -35,12 +35,11 @@ from dgggan_pl.data.io import (
     read_image,
     save_image,
 )
-from dgggan_pl.models.contract import SRGenerator
-from dgggan_pl.peers import PeerGenerator
-from dgggan_pl.tiling import DEFAULT_TILE, estimate_memory, super_resolve
+from dgggan_pl.sr_model import SRModel
+from dgggan_pl.tiling import DEFAULT_TILE, plan_tiling
 from dgggan_pl.utils.atomic import remove_stale_temp_files, unwritable_reason
 from dgggan_pl.utils.exits import interruptible
-from dgggan_pl.weights import WeightsError, load_generator
+from dgggan_pl.weights import WeightsError
 
 OUTPUT_SUFFIX = ".png"  # lossless, whatever the input format
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         type=Path,
         required=True,
-        help="generator weights: a training .ckpt or an exported .safetensors; or a peer model's released "
-        ".pth/.safetensors (ESRGAN, RCAN, SwinIR, ... via spandrel, extra `peers`; run on the whole image)",
+        help="generator weights: a training .ckpt, an exported .safetensors or a save_pretrained folder; or a peer "
+        "model's released .pth/.safetensors (ESRGAN, RCAN, SwinIR, ... via spandrel, extra `peers`; run on the "
+        "whole image)",
     )
     parser.add_argument(
         "--tile",
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-overlap",
         type=int,
         default=None,
-        help="LR pixels of context around each tile; default: the generator's measured HR-stage receptive "
-        "radius (2), the smallest seam-free value",
+        help="LR pixels of context around each tile; default: the generator's measured receptive radius "
+        "(DGGGAN's HR stage: 2), the smallest seam-free value",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available"
@@ -201,19 +201,13 @@ def check_inputs_kept(jobs: Sequence[Job]) -> None:
 
 
 def upscale_image(
-    generator: SRGenerator,
-    image: Tensor,
-    *,
-    tile: int,
-    overlap: int | None,
-    half: torch.dtype | None,
-    tile_bar: tqdm | None = None,
+    model: SRModel, image: Tensor, *, half: torch.dtype | None, tile_bar: tqdm | None = None
 ) -> Tensor:
     """uint8 `(3, h, w)` -> uint8 `(3, 4h, 4w)` on the CPU, rounded as `save_image` rounds.
 
     Tiled, each tile is rounded into the output as it is computed (no float HR image is held).
     """
-    device = next(generator.parameters()).device
+    device = _device(model)
     autocast = torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext()
 
     def progress(done: int, total: int) -> None:
@@ -223,7 +217,11 @@ def upscale_image(
             tile_bar.refresh()
 
     with autocast, torch.inference_mode():
-        return super_resolve(generator, image, tile, overlap, progress=progress)
+        return model.upscale(image, progress=progress)
+
+
+def _device(model: SRModel) -> torch.device:
+    return next(model.parameters()).device
 
 
 def available_memory(meminfo: Path = MEMINFO) -> int | None:
@@ -246,18 +244,13 @@ class MemoryNeed(NamedTuple):
     gpu: int
 
 
-def memory_needed(
-    generator: SRGenerator, height: int, width: int, tile: int, overlap: int | None
-) -> MemoryNeed:
+def memory_needed(model: SRModel, height: int, width: int) -> MemoryNeed:
     """The LR maps, the uint8 output and Pillow's copy of it while the PNG is written, plus the tile working set
-    where tiles run (`tiling.estimate_memory`)."""
-    if isinstance(generator, PeerGenerator):  # one whole-image forward, measured (dgggan_pl.peers)
-        estimate = generator.estimate_memory(height, width)
-    else:
-        estimate = estimate_memory(generator, height, width, tile, overlap)
-    on_gpu = next(generator.parameters()).device.type == "cuda"
+    where tiles run (`SRModel.estimate_memory`: the generator's own estimate where it brings one)."""
+    estimate = model.estimate_memory(height, width)
+    on_gpu = _device(model).type == "cuda"
     tile_on_host = 0 if on_gpu else estimate.tile
-    writing = estimate.output + estimate.output // generator.in_channels * PILLOW_BYTES_PER_PIXEL
+    writing = estimate.output + estimate.output // model.in_channels * PILLOW_BYTES_PER_PIXEL
     host = max(estimate.lr_stage + tile_on_host, estimate.hr_stage + estimate.output + tile_on_host, writing)
     parts = (
         f"LR feature maps {estimate.lr_stage / GIB:.2f}, output {estimate.output / GIB:.2f} + "
@@ -266,30 +259,33 @@ def memory_needed(
     return MemoryNeed(host, parts, tile_on_host, estimate.tile + estimate.gate_map if on_gpu else 0)
 
 
-def check_memory(
-    generator: SRGenerator, image: Tensor, *, tile: int, overlap: int | None, limit: int | None
-) -> None:
+def tileable(model: SRModel) -> bool:
+    """Whether tiles bound this model's memory (False for generators that run on the whole image only)."""
+    return plan_tiling(model.generator, model.tile or DEFAULT_TILE, model.tile_overlap).mode != "whole"
+
+
+def check_memory(model: SRModel, image: Tensor, *, limit: int | None) -> None:
     """Raise `InsufficientMemoryError` (one line: need, limit, what to change) before a too-large input starts."""
     height, width = image.shape[-2:]
-    need = memory_needed(generator, height, width, tile, overlap)
-    size = f"{width}x{height} -> {generator.scale * width}x{generator.scale * height}"
+    need = memory_needed(model, height, width)
+    size = f"{width}x{height} -> {model.scale * width}x{model.scale * height}"
     if limit is not None and need.host > limit:
         advice = "a smaller input (maps and output grow with its area)"
-        if need.tile_on_host > need.host / 4 and not isinstance(generator, PeerGenerator):
-            smaller_tile = f"--tile {DEFAULT_TILE}" if tile == 0 else "a smaller --tile"
+        if need.tile_on_host > need.host / 4 and tileable(model):
+            smaller_tile = f"--tile {DEFAULT_TILE}" if model.tile == 0 else "a smaller --tile"
             advice = f"{smaller_tile}, --device cuda, or {advice}"
         raise InsufficientMemoryError(
             f"{size} needs about {need.host / GIB:.2f} GiB of memory ({need.parts}) but {limit / GIB:.2f} GiB "
             f"is available; use {advice}, or --max-memory to change the limit"
         )
     if need.gpu:
-        free = torch.cuda.mem_get_info(next(generator.parameters()).device)[0]
+        free = torch.cuda.mem_get_info(_device(model))[0]
         if need.gpu > free:
-            peer = isinstance(generator, PeerGenerator)
-            what = "the whole-image forward needs" if peer else "one tile and one SE gate's map need"
+            tiled = model.tiling_plan().mode != "whole"
+            what = "one tile and one SE gate's map need" if tiled else "the whole-image forward needs"
             raise InsufficientMemoryError(
                 f"{size}: {what} about {need.gpu / GIB:.2f} GiB of GPU memory but {free / GIB:.2f} GiB is free; "
-                f"use {'a smaller input' if peer else 'a smaller --tile'}, or --device cpu"
+                f"use {'a smaller --tile' if tileable(model) else 'a smaller input'}, or --device cpu"
             )
 
 
@@ -321,7 +317,7 @@ def _memory_limit(max_memory: float | None) -> int | None:
     return int(max_memory * GIB) if max_memory > 0 else None
 
 
-def run_jobs(jobs: Sequence[Job], generator: SRGenerator, args: argparse.Namespace) -> list[Job]:
+def run_jobs(jobs: Sequence[Job], model: SRModel, args: argparse.Namespace) -> list[Job]:
     """Upscale every job, skipping existing outputs unless --overwrite; returns the failed jobs."""
     failed: list[Job] = []
     half = HALF_DTYPES[args.half] if args.half else None
@@ -338,7 +334,7 @@ def run_jobs(jobs: Sequence[Job], generator: SRGenerator, args: argparse.Namespa
                 )
                 continue
             try:
-                _upscale_file(job, generator, args, half, limit, tiles)
+                _upscale_file(job, model, half, limit, tiles)
             except (ImageReadError, OSError, InsufficientMemoryError) as error:
                 files.write(f"FAILED {job.source}: {error}", file=sys.stderr)
                 failed.append(job)
@@ -356,18 +352,11 @@ def run_jobs(jobs: Sequence[Job], generator: SRGenerator, args: argparse.Namespa
     return failed
 
 
-def _upscale_file(
-    job: Job,
-    generator: SRGenerator,
-    args: argparse.Namespace,
-    half: torch.dtype | None,
-    limit: int | None,
-    tiles: tqdm,
-) -> None:
+def _upscale_file(job: Job, model: SRModel, half: torch.dtype | None, limit: int | None, tiles: tqdm) -> None:
     image = read_image(job.source, apply_orientation=True)
-    check_memory(generator, image, tile=args.tile, overlap=args.tile_overlap, limit=limit)
+    check_memory(model, image, limit=limit)
     tiles.reset()
-    sr = upscale_image(generator, image, tile=args.tile, overlap=args.tile_overlap, half=half, tile_bar=tiles)
+    sr = upscale_image(model, image, half=half, tile_bar=tiles)
     del image
     try:
         save_image(sr, job.target)
@@ -376,6 +365,24 @@ def _upscale_file(
         raise OSError(
             f"cannot write {job.target} ({reason}); free space or choose another output folder"
         ) from error
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> SRModel:
+    """The model of --weights on `device`, tiled as asked and planned before any input is read (a generator that
+    cannot be tiled exactly runs on the whole image, with a note)."""
+    model = SRModel.from_pretrained(args.weights, use_ema=args.ema, map_location=device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.tile:
+        model.enable_tiling(args.tile, args.tile_overlap)
+    plan = (
+        model.tiling_plan()
+    )  # measured now: a generator that gives NaN/Inf is a usage error, before any work
+    if args.tile and plan.note is not None:
+        print(
+            f"note: {model.source}: {plan.note}; it runs on the whole image (--tile ignored)", file=sys.stderr
+        )
+    return model
 
 
 def prepare_outputs(source: Path, jobs: Sequence[Job]) -> None:
@@ -406,20 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         jobs = plan_jobs(args.input, args.output)
         check_inputs_kept(jobs)
-        generator, _ = load_generator(args.weights, use_ema=args.ema, map_location=device)
-        if isinstance(generator, PeerGenerator):
-            print(
-                f"note: {generator.source}: peer models run on the whole image (--tile ignored)",
-                file=sys.stderr,
-            )
-            args.tile = 0
-        if args.channels_last:
-            generator = generator.to(memory_format=torch.channels_last)
+        model = load_model(args, device)
         prepare_outputs(args.input, jobs)
     except (WeightsError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    failed = run_jobs(jobs, generator, args)
+    failed = run_jobs(jobs, model, args)
     if failed:
         print(
             f"{len(failed)} of {len(jobs)} inputs failed: {', '.join(str(j.source) for j in failed)}",

@@ -3,16 +3,15 @@
 The forward pass is written once, as two stages that tiled inference (`dgggan_pl.tiling`) drives too:
 `encode(lr, run)` (everything at LR resolution; every local op is applied through `run`) and
 `decode(features, lr)` (the x`scale` tails, fusion, output convs and the optional global skip); the contract
-is `dgggan_pl.models.contract.SRGenerator`. The inference API lives on the model, as in diffusers:
-`from_pretrained` / `save_pretrained` (safetensors + JSON config, `dgggan_pl.weights`), `enable_tiling` and
-`upscale` (`dgggan_pl.tiling`).
+is `dgggan_pl.models.contract.SRGenerator`. This is the network only: loading, saving, tiling and `upscale` are
+the model layer's (`dgggan_pl.SRModel`); the constructor's arguments are recorded as `config`
+(`init_args.records_init_args`), which `SRModel.save_pretrained` writes beside the weights.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import torch
@@ -28,6 +27,7 @@ from dgggan_pl.models.blocks import (
 )
 from dgggan_pl.models.contract import GeneratorOutput, LRFeatures, Run, apply
 from dgggan_pl.models.gradient import GradientMagnitude
+from dgggan_pl.models.init_args import records_init_args
 
 GlobalSkip = Literal["none", "bicubic"]
 GLOBAL_SKIPS: tuple[str, ...] = get_args(GlobalSkip)
@@ -94,6 +94,9 @@ class DGGGANGenerator(nn.Module):
             to the SR image, so that the network learns a residual (an extension; docs/design.md).
     """
 
+    config: dict[str, Any]  # the constructor's arguments and `_target_` (`records_init_args`)
+
+    @records_init_args
     def __init__(
         self,
         in_channels: int = 3,
@@ -120,23 +123,6 @@ class DGGGANGenerator(nn.Module):
             raise ValueError(
                 f"model.generator.global_skip must be one of {list(GLOBAL_SKIPS)}, got {global_skip!r}"
             )
-        # The constructor's arguments, nothing else: what `save_pretrained` writes beside the weights.
-        self.config: dict[str, Any] = {
-            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
-            "in_channels": in_channels,
-            "channels": channels,
-            "num_blocks": num_blocks,
-            "injection_blocks": list(injection),
-            "scale": scale,
-            "use_gradient_branch": use_gradient_branch,
-            "use_se": use_se,
-            "se_reduction": se_reduction,
-            "negative_slope": negative_slope,
-            "init_scale": init_scale,
-            "global_skip": global_skip,
-        }
-        self.tile = 0  # LR pixels per tile of `upscale`; 0 = the whole image at once (`enable_tiling`)
-        self.tile_overlap: int | None = None
         self.global_skip = global_skip
         self.in_channels = in_channels
         self.scale = scale
@@ -178,12 +164,16 @@ class DGGGANGenerator(nn.Module):
 
         What is not local (each SE gate pools its whole map, in `EMSRB.finish`) runs here on the maps
         `run` returned. `inplace=True` (inference only, never with autograd) lets `finish` and the
-        injections write into maps that `run` just made, which saves a full map per branch; same values.
+        injections write into maps that `run` just made, and recomputes each branch's head for its long skip
+        instead of holding it: tiled inference then holds `branches + 1` whole maps instead of
+        `2 * branches + 1`; the same values (to float rounding: a head is computed on other tiles).
         """
         self._check_input(lr)
         image_head = run(self.image_branch.head, lr)
         grad_head = run(self._gradient_head, lr) if self.use_gradient_branch else None
         image, grad = image_head, grad_head
+        if inplace:
+            del image_head, grad_head  # the first blocks' inputs only; the long skips recompute them
         blocks = cast(Sequence[EnhancedMultiScaleResidualBlock], self.image_branch.blocks)
         for index, image_block in enumerate(blocks, start=1):
             image = image_block.finish(image, run(image_block.local, image), inplace=inplace)
@@ -195,8 +185,11 @@ class DGGGANGenerator(nn.Module):
                 guidance = run(self.gradient, image)
                 grad = grad.add_(guidance) if inplace else grad + guidance
                 del guidance  # a whole map: not kept alive until encode returns
+        if inplace:
+            image = run(self._image_long_skip, image, lr)
+            return LRFeatures(image, None if grad is None else run(self._gradient_long_skip, grad, lr))
         image = run(self.image_branch.long_skip, image, image_head)
-        del image_head  # maps are released as soon as they are used up (tiled inference holds whole maps)
+        del image_head  # maps are released as soon as they are used up
         if grad is None:
             return LRFeatures(image, None)
         return LRFeatures(image, run(self.gradient_branch.long_skip, grad, grad_head))
@@ -220,60 +213,24 @@ class DGGGANGenerator(nn.Module):
     def _gradient_head(self, lr: Tensor) -> Tensor:
         return self.gradient_branch.head(self.gradient(lr))
 
-    # The inference API. `dgggan_pl.weights` and `dgggan_pl.tiling` import this module (the weights allow-list,
-    # the contract), so they are imported where used.
+    def _image_long_skip(self, features: Tensor, lr: Tensor) -> Tensor:
+        """The image branch's long skip with its head recomputed from the LR input (`encode(inplace=True)`)."""
+        return self.image_branch.long_skip(features, self.image_branch.head(lr))
+
+    def _gradient_long_skip(self, features: Tensor, lr: Tensor) -> Tensor:
+        """The gradient branch's long skip with its head recomputed from the LR input (`encode(inplace=True)`)."""
+        return self.gradient_branch.long_skip(features, self._gradient_head(lr))
 
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, *, use_ema: bool | None = None, map_location: Any = "cpu"
-    ) -> DGGGANGenerator:
-        """The generator stored at `path`, in eval mode: a `save_pretrained` folder, a `.safetensors` file
-        (with its `.json` config beside it) or a training `.ckpt` (`use_ema` as in `weights.load_generator`).
+    ) -> Any:
+        """Kept for code written before the model layer: `SRModel.from_pretrained(path, ...)`, the `SRModel` holding
+        this network (`upscale`, `enable_tiling`, `save_pretrained`); a file holding another class is a TypeError.
+        The network's one use of the model layer, imported only when called."""
+        from dgggan_pl.sr_model import SRModel
 
-        Loaded safely (no pickle code, config targets restricted to `dgggan_pl.models`); raises
-        `weights.WeightsError` naming the file when it is unreadable, unsafe or holds another class.
-        """
-        from dgggan_pl.weights import WeightsError, load_generator
-
-        generator, _ = load_generator(path, use_ema=use_ema, map_location=map_location)
-        if not isinstance(generator, cls):
-            raise WeightsError(f"{path}: holds a {type(generator).__name__}, not a {cls.__name__}")
-        return generator
-
-    def save_pretrained(self, directory: str | os.PathLike, *, ema: bool = False) -> Path:
-        """Write `directory/generator.safetensors` and its JSON config (`self.config`) atomically; return the
-        weights path. `ema` records that these are EMA weights (what `from_pretrained(use_ema=...)` checks)."""
-        from dgggan_pl.weights import pretrained_path, save_generator_safetensors
-
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        weights = pretrained_path(directory)
-        save_generator_safetensors(self, self.config, weights, ema=ema)
-        return weights
-
-    def enable_tiling(self, tile: int | None = None, overlap: int | None = None) -> DGGGANGenerator:
-        """Make `upscale` tiled: `tile` LR pixels per HR-stage tile (None: `tiling.DEFAULT_TILE`, the CLI's),
-        `overlap` LR pixels of context (None: the measured seam-free minimum). The output is the untiled one (to
-        float rounding); memory is bounded by the tile plus a few LR maps (`dgggan_pl.tiling`)."""
-        if tile is None:
-            from dgggan_pl.tiling import DEFAULT_TILE
-
-            tile = DEFAULT_TILE
-        if tile < 1 or (overlap is not None and overlap < 0):
-            raise ValueError(
-                f"enable_tiling needs tile >= 1 and overlap >= 0 (or None), got tile={tile}, overlap={overlap}"
-            )
-        self.tile, self.tile_overlap = tile, overlap
-        return self
-
-    def disable_tiling(self) -> DGGGANGenerator:
-        """Make `upscale` run the whole image at once again."""
-        self.tile, self.tile_overlap = 0, None
-        return self
-
-    def upscale(self, image: Tensor) -> Tensor:
-        """x`scale` SR for inference, tiled after `enable_tiling`: `(B, 3, h, w)` or `(3, h, w)`, uint8 -> uint8
-        (rounded as `save_image` rounds, as `python -m dgggan_pl.upscale` writes it) or float in [0, 1] -> float
-        (not clamped). Runs under `torch.inference_mode`; `forward` stays the training pass."""
-        from dgggan_pl.tiling import super_resolve
-
-        return super_resolve(self, image, self.tile, self.tile_overlap)
+        model = SRModel.from_pretrained(path, use_ema=use_ema, map_location=map_location)
+        if not isinstance(model.generator, cls):
+            raise TypeError(f"{path}: holds a {type(model.generator).__name__}, not a {cls.__name__}")
+        return model
