@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from dgggan_pl.config import config_dir
 from dgggan_pl.launch import slurm_queue
 from dgggan_pl.launch.summary import JobRecord, SweepError
+from dgggan_pl.runs import register_resolvers
 from dgggan_pl.sweep_results import job_result
 from hydra_plugins.dgggan_launchers.slurm_launcher import SlurmDDPLauncher
 
@@ -47,6 +48,7 @@ def fake_srun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _hydra_config(tmp_path: Path, overrides: list[str]) -> DictConfig:
     setup_globals()  # registers `now`, used by hydra.sweep.dir
+    register_resolvers()  # conf/hydra's run folder and job name (as importing dgggan_pl.train does)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(
             "train",

@@ -36,12 +36,13 @@ from types import FrameType
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from dgggan_pl.distributed.cluster import cluster_environment
 from dgggan_pl.launch import slurm_queue
 from dgggan_pl.utils.exits import Interrupted
 
@@ -131,8 +132,11 @@ def _scontrol_requeue(signum: int, frame: FrameType | None = None) -> None:
 
 
 def stop_exception(signum: int) -> BaseException:
-    """What ends every rank after the hand-over: Lightning's SIGTERMException (status 143), else the signal's."""
-    return SIGTERMException() if signum == STOP_SIGNAL else Interrupted(signum)
+    """What ends every rank after the hand-over: Lightning's SIGTERMException (status 143), else the signal's;
+    marked `every_rank`: each rank reports its own stop, not another rank's as its cause (`RankGroup`)."""
+    stop: BaseException = SIGTERMException() if signum == STOP_SIGNAL else Interrupted(signum)
+    stop.every_rank = True  # type: ignore[attr-defined]
+    return stop
 
 
 def _hand_over(exiting: bool = False) -> None:
@@ -153,7 +157,8 @@ def _hand_over(exiting: bool = False) -> None:
             elif signum != STOP_SIGNAL:
                 # submitit's requeues and exits with the status its local executor reads as "requeue"
                 _Deferred.requeue(signum, None)
-        except SystemExit:
+        except SystemExit as requeued:  # submitit's exit after its requeue
+            requeued.every_rank = True  # type: ignore[attr-defined]
             raise
         except BaseException:  # not requeued (e.g. submitit's max_num_timeout reached): an ordinary failure
             _Deferred.requeued = None
@@ -163,8 +168,8 @@ def _hand_over(exiting: bool = False) -> None:
 
 
 def _in_slurm_task() -> bool:
-    """Whether Lightning will read this process's rank from SLURM (`srun` task, no torchrun inside)."""
-    return SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+    """Whether Lightning reads this process's rank from SLURM (an `srun` task, no torchrun inside it)."""
+    return isinstance(cluster_environment(), SLURMEnvironment)
 
 
 class RequeueCheckpoint(Callback):

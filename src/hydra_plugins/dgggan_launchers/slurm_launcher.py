@@ -2,13 +2,14 @@
 
 hydra-submitit-launcher submits each job with `--nodes` and `--ntasks-per-node`; submitit's `srun` starts
 one task per GPU, and Lightning's `SLURMEnvironment` reads the ranks from SLURM. What this subclass adds:
-`trainer.num_nodes`/`trainer.devices` are set from the same launcher keys (so the two can never disagree),
-only rank 0 writes `.hydra/`, one W&B group per sweep, a `sweep_summary.json` written at submission (job ids,
-folders) and after each collected job, a sweep-level error naming every failed job, as `hydra/launcher=ddp`
-does; and a timed-out, preempted or requeued job saves last.ckpt and resumes from it
-(`dgggan_pl.launch.requeue`). `gpus_per_node: auto` asks for no GPUs for a CPU trainer; the head watches
-squeue (`dgggan_pl.launch.slurm_queue`) so that a job cancelled or lost without accounting, or pending for a
-reason that cannot clear, ends the wait instead of hanging it (docs/sweeps.md, SLURM).
+`trainer.num_nodes`/`trainer.devices` are set from the same launcher keys (so the two can never disagree), the
+launcher keys are checked before anything is submitted (one `error:` line each), one W&B group per sweep, a
+`sweep_summary.json` written at submission (job ids, folders) and after each collected job, a one-line sweep
+error naming every failed job, as `hydra/launcher=ddp` does; and a timed-out, preempted or requeued job saves
+last.ckpt on every rank and resumes from it (`dgggan_pl.launch.requeue`). `gpus_per_node: auto` asks for no
+GPUs for a CPU trainer; the head watches squeue (`dgggan_pl.launch.slurm_queue`) so that a job cancelled or
+lost without accounting, or pending for a reason that cannot clear, ends the wait instead of hanging it
+(docs/sweeps.md, SLURM).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from omegaconf import DictConfig, OmegaConf
 from dgggan_pl.launch import slurm_queue
 from dgggan_pl.launch.commands import with_wandb_group
 from dgggan_pl.launch.compose import job_config
-from dgggan_pl.launch.rank_entry import rank_overrides
 from dgggan_pl.launch.requeue import (
     CALLBACK_OVERRIDE,
     defer_submitit_signals,
@@ -197,16 +197,15 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         job_id: str,
         singleton_state: dict[type, Singleton],
     ) -> JobReturn:
-        """Runs inside each SLURM task: ranks > 0 neither write `.hydra/` nor share rank 0's log file, and
-        submitit's requeue signal and SIGTERM wait for last.ckpt while the Trainer fits."""
+        """Runs inside each SLURM task: submitit's requeue signal and SIGTERM wait for last.ckpt while the
+        Trainer fits. (Which rank writes `.hydra/` and which log file each rank uses, the app's config decides:
+        conf/train.yaml, conf/hydra/default.yaml.)"""
         import submitit
 
         environment = submitit.JobEnvironment()
         defer_submitit_signals(environment._usr_sig(), environment.global_rank)
-        assert self.config is not None
-        extra = rank_overrides(str(self.config.hydra.job.name), environment.global_rank)
         try:
-            return super().__call__([*sweep_overrides, *extra], job_dir_key, job_num, job_id, singleton_state)
+            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         except SystemExit as stop:  # Lightning ends a SIGTERM'ed fit with SystemExit(None): exit status 0
             code = exit_code_after_stop()
             if code is not None and not stop.code:
