@@ -609,3 +609,39 @@ def test_resume_mid_epoch_refuses_another_loader_layout(resumable) -> None:
             f"replays only {says}"
         )
         check_resume(changed, epoch_end, world_size=world_size)  # a finished epoch resumes with any layout
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow  # a smoke run stopped mid-epoch (~15 s), three refused resumes, and the advised one (~15 s)
+def test_refused_resumes_leave_the_run_as_it_was_and_the_advice_continues_it(tmp_path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    mid_epoch = [*SMOKE, *QUIET_HYDRA, "data.samples_per_epoch=16"]  # 4 of 8 batches when it stops
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dgggan_pl.train", *mid_epoch, f"hydra.run.dir={run}"])
+    train.main()
+    last = run / "checkpoints" / "last.ckpt"
+    resume = [*mid_epoch, f"resume={run}", "iterations=8"]
+    for change, says in (
+        (
+            "model.generator.channels=16",
+            "holds generator.image_branch.head.weight of shape (8, 3, 3, 3), this",
+        ),
+        ("data.batch_size=4", "(data.batch_size=4 here); resume with data.batch_size=2, or start a new run"),
+    ):
+        before = _tree(run)
+        exit_info = _hydra_train(monkeypatch, tmp_path, [*resume, change])
+        assert str(exit_info.code).startswith(f"error: ckpt_path={last}: ") and says in str(exit_info.code)
+        assert _tree(run) == before  # no record, config copy, log or lock of the refused attempt
+    last.write_bytes(last.read_bytes()[:4096])
+    before = _tree(run)
+    message = str(_hydra_train(monkeypatch, tmp_path, resume).code)
+    assert "\n" not in message and _tree(run) == before
+    advised = message.split(" with ")[-1].split()  # resume=<run> ckpt_path=<run>/checkpoints/best-....ckpt
+    assert message.startswith(f"error: ckpt_path={last}: cannot be loaded") and advised[0] == f"resume={run}"
+    monkeypatch.setattr(sys, "argv", ["dgggan_pl.train", *mid_epoch, "iterations=8", *advised])
+    train.main()
+    record = json.loads((run / "run_info.json").read_text())
+    assert record["status"] == "completed" and record["checkpoints"]["last"]["iteration"] == 8

@@ -121,10 +121,19 @@ def _config_differences(saved: Any, current: Any) -> str:
     return ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}" for k in keys[:_NAMED])
 
 
-def _expected_state(node: DictConfig) -> dict[str, torch.Size]:
-    """Parameter and buffer shapes of the network `node` configures, built on the meta device (no memory)."""
+def instantiate_on_meta(node: DictConfig) -> Any:
+    """`instantiate(node)` on the meta device: a network's shapes and constructor checks without its memory."""
     with torch.device("meta"):
-        network = instantiate(node)
+        return instantiate(node)
+
+
+def _expected_state(node: DictConfig) -> dict[str, torch.Size] | None:
+    """Parameter and buffer shapes of the network `node` configures, built on the meta device (no memory); None
+    when the config builds no network (its own error is raised where the run builds it, as for a new run)."""
+    try:
+        network = instantiate_on_meta(node)
+    except Exception:  # noqa: BLE001  (any constructor error: not this check's to report)
+        return None
     return {key: value.shape for key, value in network.state_dict().items()}
 
 
@@ -153,6 +162,8 @@ def network_mismatch(cfg: DictConfig, state: Mapping[str, Any], hparams: Any) ->
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
         expected = _expected_state(node)
+        if expected is None:
+            continue
         saved = {
             key[len(network) + 1 :]: value for key, value in state.items() if key.startswith(f"{network}.")
         }

@@ -31,6 +31,7 @@ from dgggan_pl.config_checks import check_config
 from dgggan_pl.distributed.cluster import RankLayout
 from dgggan_pl.distributed.group import RankGroup
 from dgggan_pl.distributed.watch import RankFailure
+from dgggan_pl.resume_checks import check_resume
 from dgggan_pl.runs import (
     LOCK_FILE,
     ResumeError,
@@ -93,6 +94,7 @@ def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
         if not layout.is_zero:
             return Claim()
         ckpt_path, continuing = choose_checkpoint(cfg, output_dir)
+        check_resume(cfg, ckpt_path, layout.world_size)  # a checkpoint this config cannot continue: one line
     except (ConfigError, ResumeError):
         if layout.is_zero and cfg.get("ckpt_path") is None:
             discard_unused_run_dir(output_dir)  # the folder Hydra made for this attempt holds nothing else
