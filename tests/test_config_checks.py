@@ -30,6 +30,16 @@ SMOKE = ["experiment=full", "debug=smoke", "logger=csv"]
         ("data.batch_size=0", "data.batch_size=0", "global batch"),
         ("optim.generator.lr=-1", "optim.generator.lr=-1", "must be > 0"),
         ("trainer.max_steps=10", "trainer.max_steps", "set iterations=N instead"),
+        (
+            "hr_patch_size=30",
+            "hr_patch_size=30",
+            "must be a multiple of scale=4 (the LR crop is hr_patch_size / scale); use 28 or 32",
+        ),
+        (
+            "data.num_workers=-1",
+            "data.num_workers=-1",
+            "must be >= 0 (data-loading worker processes; 0 loads in",
+        ),
     ],
 )
 def test_bad_values_are_refused_in_one_line_before_anything_is_written(
@@ -41,6 +51,16 @@ def test_bad_values_are_refused_in_one_line_before_anything_is_written(
     message = str(caught.value)
     assert key in message and advice in message and "\n" not in message
     assert not (tmp_path / "run").exists()  # no record, no config, no log folder
+
+
+def test_a_crop_too_small_for_the_trained_critics_is_refused(compose) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_config(compose(["experiment=full", "hr_patch_size=32", "paths.output_dir=unused"]))
+    assert str(refused.value) == (
+        "hr_patch_size=32: model.image_critic: patch_size=32 is too small for 6 stride-2 stages (needs >= 64); "
+        "raise hr_patch_size or shorten model.*_critic.widths"
+    )
+    check_config(compose(["experiment=pretrain", "hr_patch_size=32", "paths.output_dir=unused"]))  # no critic
 
 
 def test_ddp_without_gpus_points_to_ddp_cpu(compose) -> None:

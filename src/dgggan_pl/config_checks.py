@@ -26,9 +26,12 @@ POSITIVE: Mapping[str, str] = {
     "optim.critic.lr": "the critics' Adam learning rate (paper: 1e-4)",
     "optim.n_critic": "critic updates per iteration (paper: 1)",
     "trainer.val_check_interval": "iterations between validations",
+    "scale": "the super-resolution factor (paper: 4)",
+    "hr_patch_size": "the HR training crop in pixels (paper: 192)",
 }
 NON_NEGATIVE: Mapping[str, str] = {
     "optim.gan_start_iteration": "generator-only iterations before the GAN phase",
+    "data.num_workers": "data-loading worker processes; 0 loads in the training process",
 }
 # Keys that count things: a fraction would be truncated without a word (iterations=1.5 trained 1 iteration).
 INTEGER = (
@@ -40,6 +43,7 @@ INTEGER = (
     "scale",
     "hr_patch_size",
     "seed",
+    "data.num_workers",
 )
 GPU_ACCELERATORS = ("gpu", "cuda")
 MAX_STEPS_MESSAGE = (
@@ -82,6 +86,7 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 0 ({meaning})")
     if OmegaConf.select(cfg, "trainer.max_steps", default=None) is not None:
         raise ConfigError(MAX_STEPS_MESSAGE)
+    check_crop(cfg)
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -103,6 +108,45 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
     unknown = unknown_metrics_message(list(metrics)) if metrics is not None else None
     if unknown:
         raise ConfigError(unknown)
+
+
+def _used_critics(cfg: DictConfig) -> list[str]:
+    """The `model.<name>` critics the objective trains ([] when `cfg.loss` does not parse: its check says why)."""
+    try:
+        return list(critic_inputs(cfg.loss))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def check_crop(cfg: DictConfig) -> None:
+    """`hr_patch_size` must split into whole LR pixels (a multiple of `scale`) and survive the downsampling of
+    every critic the objective trains (their own check, run on the meta device)."""
+    size = OmegaConf.select(cfg, "hr_patch_size", default=None)
+    scale = OmegaConf.select(cfg, "scale", default=None)
+    if size is None or scale is None:
+        return
+    size, scale = int(size), int(scale)
+    if size % scale:
+        below = size - size % scale
+        raise ConfigError(
+            f"hr_patch_size={size}: must be a multiple of scale={scale} (the LR crop is hr_patch_size / scale); "
+            f"use {below or scale}" + (f" or {below + scale}" if below else "")
+        )
+    if OmegaConf.select(cfg, "loss", default=None) is None:
+        return
+    from dgggan_pl.resume_checks import instantiate_on_meta  # imports Hydra's instantiate: only when needed
+
+    for name in _used_critics(cfg):
+        node = OmegaConf.select(cfg, f"model.{name}", default=None)
+        if not isinstance(node, DictConfig):
+            continue
+        try:
+            instantiate_on_meta(node)  # the critic's own size check, without its memory
+        except Exception as error:  # noqa: BLE001  (Hydra wraps the critic's ValueError)
+            cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
+            if not isinstance(cause, ValueError):
+                raise
+            raise ConfigError(f"hr_patch_size={size}: model.{name}: {cause}") from None
 
 
 INIT_FROM_KEY = "model.init_from"
