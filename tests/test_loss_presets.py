@@ -1,4 +1,5 @@
-"""Loss presets per stage (conf/loss/): each experiment runs the terms it states, and no term joins a stage unasked."""
+"""Loss presets per stage (conf/loss/): each names its terms once (`loss.active`), runs exactly them, and no term
+joins a stage unasked."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dgggan_pl.config import CONFIG_DIR_ENV, compose_config, config_dir
-from dgggan_pl.objective import critic_inputs, term_specs
+from dgggan_pl.objective import ObjectiveSpec
 from test_objective import WEIGHTS as PAPER_WEIGHTS  # eq. 7's weights, stated once
 
 PRETRAIN = {"pixel": 1.0, "grad_branch": 0.5}  # the PSNR stage: alpha = 1, eta = 0.5
@@ -27,7 +28,16 @@ def active_terms(*overrides: str) -> dict[str, float]:
 
 
 def weights_of(cfg) -> dict[str, float]:
-    return {spec.name: spec.weight for spec in term_specs(OmegaConf.to_container(cfg.loss, resolve=True))}
+    return {term.name: term.weight for term in ObjectiveSpec.from_config(cfg.loss).terms}
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "demo"])
+def test_a_stage_preset_names_its_terms_once(stage: str) -> None:
+    """Its file lists the terms in `active` and sets only the weights it changes: no zero weights to say it twice."""
+    preset = OmegaConf.load(config_dir() / "loss" / f"{stage}.yaml")
+    assert list(preset.active) == list(ACTIVE[stage])
+    assert set(preset.terms) <= set(preset.active)
+    assert all(term.weight > 0 for term in preset.terms.values())
 
 
 @pytest.mark.parametrize("experiment", sorted(ACTIVE))
@@ -37,7 +47,9 @@ def test_each_experiment_runs_exactly_its_terms(experiment: str) -> None:
     assert weights_of(cfg) == ACTIVE[experiment]
     assert (cfg.loss.active is None) == (experiment == "full")
     assert cfg.loss.active is None or list(cfg.loss.active) == list(ACTIVE[experiment])
-    assert bool(critic_inputs(cfg.loss)) == (experiment != "pretrain"), "the PSNR stage builds no critic"
+    assert bool(ObjectiveSpec.from_config(cfg.loss).critics) == (experiment != "pretrain"), (
+        "PSNR stage: no critic"
+    )
     # ablation=no_grad zeroes mu, eps, eta in every stage; no_se changes no term
     without_grad = {name: w for name, w in ACTIVE[experiment].items() if name not in NO_GRAD_OFF}
     assert active_terms(f"experiment={experiment}", "ablation=no_grad") == without_grad
@@ -56,30 +68,40 @@ def conf_with_new_term(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return conf
 
 
-def test_a_term_added_to_the_paper_never_joins_a_stage_silently(conf_with_new_term: Path) -> None:
+def test_a_term_added_to_the_paper_never_joins_a_stage_unasked(conf_with_new_term: Path) -> None:
     assert active_terms("experiment=full") == PAPER_WEIGHTS | {"new": 0.1}  # the paper's objective gains it
     for stage in ("pretrain", "demo"):
-        with pytest.raises(ValueError, match=r"loss.terms.new.weight=0.1 but loss.active=.* leaves it out"):
-            active_terms(f"experiment={stage}")
-        # the stage takes it once it says so, or runs without it once its weight is 0
+        assert active_terms(f"experiment={stage}") == ACTIVE[stage]  # the stage runs what it names
+        # the stage takes it once it says so
         with_new = active_terms(f"experiment={stage}", f"loss.active=[{','.join(ACTIVE[stage])},new]")
         assert with_new == ACTIVE[stage] | {"new": 0.1}
-        assert active_terms(f"experiment={stage}", "loss.terms.new.weight=0") == ACTIVE[stage]
 
 
-def test_an_override_outside_the_stage_is_refused_not_ignored() -> None:
-    with pytest.raises(ValueError, match=r"loss.terms.grad_img.weight=0.01 .* add it \(loss.active=\["):
-        active_terms("experiment=pretrain", "loss.terms.grad_img.weight=0.01")
-    with pytest.raises(ValueError, match=r"loss.active names \['gradient'\]"):
-        active_terms("experiment=pretrain", "loss.active=[pixel,gradient]")
+STAGE_OVERRIDES = [
+    (
+        "loss.terms.grad_img.weight=0.01",
+        r"^loss.terms.grad_img.weight=0.01: loss.terms.grad_img is not among",
+    ),
+    ("+loss.terms.mse={weight: 0.1, input: sr, loss: {_target_: torch.nn.MSELoss}}", r"^loss.terms.mse=\{"),
+]
 
 
-def test_the_refusal_comes_before_the_run_starts() -> None:
-    """train's check_config turns it into its one-line error (exit 1, no traceback, no run folder written)."""
+@pytest.mark.parametrize(("override", "message"), STAGE_OVERRIDES)
+def test_a_weight_typed_outside_the_stage_is_refused_before_the_run_not_ignored(override, message) -> None:
+    """check_objective (train calls it before any run folder exists) names the term and the one-line fix."""
     from dgggan_pl.config import ConfigError
-    from dgggan_pl.config_checks import check_config
+    from dgggan_pl.config_checks import check_objective
 
-    with pytest.raises(ConfigError, match=r"^loss.terms.grad_img.weight=0.01 but loss.active=") as error:
-        check_config(compose_config(["experiment=pretrain", "loss.terms.grad_img.weight=0.01"]))
-    assert "\n" not in str(error.value)
-    check_config(compose_config(["experiment=pretrain"]))  # the preset itself passes
+    overrides = ["experiment=pretrain", override]
+    with pytest.raises(ConfigError, match=message) as error:
+        check_objective(compose_config(overrides), overrides)
+    assert "\n" not in str(error.value) and "loss.active=[pixel,grad_branch," in str(error.value)
+    # inside the stage, or a weight of 0, is fine; so is the same value set by a config file
+    check_objective(
+        compose_config(["experiment=pretrain"]), ["experiment=pretrain", "loss.terms.pixel.weight=2"]
+    )
+    zero = ["experiment=pretrain", "loss.terms.grad_img.weight=0"]
+    check_objective(compose_config(zero), zero)
+    check_objective(compose_config(overrides), ["experiment=pretrain"])
+    with pytest.raises(ConfigError, match=r"loss.active names \['gradient'\]"):
+        active_terms("experiment=pretrain", "loss.active=[pixel,gradient]")

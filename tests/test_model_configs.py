@@ -1,4 +1,8 @@
-"""Every `conf/model` x `conf/ablation` config composes and instantiates through Hydra; bad keys fail clearly."""
+"""Every `conf/model` x `conf/ablation` config composes and instantiates through Hydra; bad keys fail clearly.
+
+`conf/model/<name>.yaml` is a generator (`model=<name>`); the critics come from `conf/model/critics/`, so every
+model trains against the same ones.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,20 @@ from dgggan_pl.models.gradient import GradientMagnitude
 Compose = Callable[..., DictConfig]
 MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 ABLATIONS = sorted(p.stem for p in (config_dir() / "ablation").glob("*.yaml"))
+ABLATION_KEYS = {"no_grad": "use_gradient_branch", "no_se": "use_se"}  # DGGGAN's own constructor arguments
+
+
+def _model_file(model: str) -> DictConfig:
+    return OmegaConf.load(config_dir() / "model" / f"{model}.yaml")
+
+
+def _target(model: str) -> str:
+    """The generator class a model file builds, following its defaults within conf/model/."""
+    raw = _model_file(model)
+    return str(raw.generator.get("_target_") or _target(raw.defaults[0]))
+
+
+DGGGAN_MODELS = [m for m in MODELS if _target(m).endswith("DGGGANGenerator")]
 
 # Expected generator sizes (docs/models.md).
 EXPECTED_PARAMS = {
@@ -27,6 +45,7 @@ EXPECTED_PARAMS = {
     ("dgggan", "no_se"): 14_803_142,
     ("dgggan", "no_grad"): 7_370_475,
     ("dgggan_lite", "none"): 3_708_174,
+    ("rrdbnet", "none"): 16_697_987,  # ESRGAN's published x4 generator
 }
 
 
@@ -35,12 +54,43 @@ def _params(module: nn.Module) -> int:
 
 
 def test_config_groups_are_discovered() -> None:
-    assert {"dgggan", "dgggan_lite"} <= set(MODELS)
+    assert {"dgggan", "dgggan_lite", "rrdbnet"} <= set(MODELS) and DGGGAN_MODELS == ["dgggan", "dgggan_lite"]
     assert {"none", "no_grad", "no_se"} <= set(ABLATIONS)
 
 
-@pytest.mark.parametrize("ablation", ABLATIONS)
 @pytest.mark.parametrize("model", MODELS)
+def test_every_model_is_its_generator_alone_and_gets_the_same_critics(compose: Compose, model: str) -> None:
+    """A model file holds its generator's constructor arguments and nothing else; the critics are shared."""
+    raw = _model_file(model)
+    assert set(raw) <= {"defaults", "generator"}
+    cfg = compose([f"model={model}"])
+    assert set(cfg.model) == {"generator", "image_critic", "gradient_critic", "init_from"}
+    critics_file = OmegaConf.load(config_dir() / "model" / "critics" / "vgg.yaml")
+    assert OmegaConf.to_container(cfg.model.image_critic) == OmegaConf.to_container(critics_file.image_critic)
+    with torch.device("meta"):
+        generator = instantiate(cfg.model.generator)
+        critics = [instantiate(cfg.model.image_critic), instantiate(cfg.model.gradient_critic)]
+    assert all(isinstance(critic, VGGCritic) for critic in critics)
+    if (model, "none") in EXPECTED_PARAMS:
+        assert _params(generator) == EXPECTED_PARAMS[(model, "none")]
+    assert f"{type(generator).__module__}.{type(generator).__qualname__}" == _target(model)
+    if "defaults" not in raw:  # nothing merged in from elsewhere: no DGGGAN key reaches another constructor
+        assert set(cfg.model.generator) == set(raw.generator)
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATION_KEYS))
+@pytest.mark.parametrize("model", sorted(set(MODELS) - set(DGGGAN_MODELS)))
+def test_ablations_are_dgggans_own_and_name_their_key_elsewhere(
+    compose: Compose, model: str, ablation: str
+) -> None:
+    cfg = compose([f"model={model}", f"ablation={ablation}"])
+    with pytest.raises(InstantiationException, match=ABLATION_KEYS[ablation]) as info, torch.device("meta"):
+        instantiate(cfg.model.generator)
+    assert "model.generator" in str(info.value)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("model", DGGGAN_MODELS)
 def test_every_model_and_ablation_instantiates(compose: Compose, model: str, ablation: str) -> None:
     cfg = compose([f"model={model}", f"ablation={ablation}"])
     with torch.device("meta"):  # the real module trees, without paying for 56M initialised weights

@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from dgggan_pl.module import DGGGANModule, NonFiniteLossError
-from dgggan_pl.objective import optimizer_steps
 
 LR_SIZE, SCALE = 8, 4  # debug=smoke crops: LR 8 -> HR 32
 
@@ -40,7 +39,7 @@ def fit(
 ) -> Trainer:
     trainer = Trainer(
         accelerator="cpu",
-        max_steps=optimizer_steps(iterations, module.hparams.optim, module.hparams.loss),
+        max_steps=module.objective.spec.optimizer_steps(iterations, module.hparams.optim),
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -112,7 +111,7 @@ def test_pretrain_builds_no_critic_and_no_vgg(compose) -> None:
 def test_no_grad_ablation_drops_the_gradient_branch_critic_and_weights(compose) -> None:
     module = build_module(compose, ["ablation=no_grad", "loss.terms.percept.weight=0"])
     assert module.gradient_critic is None and module.image_critic is not None
-    assert not module.generator.use_gradient_branch
+    assert module.generator(torch.rand(1, 3, LR_SIZE, LR_SIZE)).grad_map is None
     assert set(module.objective.terms) == {"pixel", "adv"}  # mu = eps = eta = 0, theta = 0 here
     assert not any(
         key.startswith(("gradient_critic.", "generator.gradient_branch.")) for key in module.state_dict()
@@ -125,10 +124,19 @@ def test_no_grad_ablation_drops_the_gradient_branch_critic_and_weights(compose) 
 def test_inconsistent_objective_is_refused(compose) -> None:
     with pytest.raises(ValueError, match="loss.terms.adv_grad needs a model.gradient_critic config"):
         build_module(compose, ["model.gradient_critic=null"])
-    with pytest.raises(
-        ValueError, match="loss.terms.grad_branch .* needs model.generator.use_gradient_branch"
-    ):
-        build_module(compose, ["model.generator.use_gradient_branch=false"])
+
+
+def test_a_generator_without_a_gradient_map_drops_its_terms_by_itself(compose, caplog) -> None:
+    """Read from the generator's output, not from a flag of its class: eta is off, nothing to type."""
+    with caplog.at_level("INFO", logger="dgggan_pl.module"):
+        module = build_module(
+            compose, ["model.generator.use_gradient_branch=false", "loss.terms.percept.weight=0"]
+        )
+    assert "grad_branch" not in module.objective.terms and module.objective.spec.gradient_map_terms == []
+    assert set(module.critics) == {"image_critic", "gradient_critic"}  # both judge what any generator outputs
+    assert "loss.terms ['grad_branch'] off: the generator outputs no gradient map" in caplog.text
+    with_branch = build_module(compose, ["loss.terms.percept.weight=0"])
+    assert "grad_branch" in with_branch.objective.terms
 
 
 def test_ema_follows_the_generator_and_is_checkpointed_without_frozen_networks(compose, tmp_path) -> None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.config import ConfigError
 from dgggan_pl.metrics.registry import unknown_metrics_message
-from dgggan_pl.objective import critic_inputs, term_specs
+from dgggan_pl.objective import ObjectiveSpec
 
 # Keys that must be > 0, with what a sensible value is.
 POSITIVE: Mapping[str, str] = {
@@ -98,12 +98,6 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         raise ConfigError(f"{missing[0]} is required (??? in its config); set it, e.g. {missing[0]}=<value>")
-    loss = OmegaConf.select(cfg, "loss", default=None)
-    try:  # the objective's own checks (a stage preset's loss.active, term keys), before any run folder exists
-        if loss is not None:
-            term_specs(cast(dict[str, Any], OmegaConf.to_container(loss, resolve=True)))
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
     metrics = OmegaConf.select(cfg, "metrics.benchmark.metrics", default=None)
     unknown = unknown_metrics_message(list(metrics)) if metrics is not None else None
     if unknown:
@@ -158,6 +152,47 @@ RANDOM_GAN_START = (
 )
 
 
+def command_line(overrides: Sequence[str] | None) -> list[str]:
+    """`overrides` as given, else the command line's as Hydra recorded it (none outside a Hydra app)."""
+    if overrides is not None:
+        return list(overrides)
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _weight_outside_stage(key: str, value: Any, stage: Sequence[str]) -> str | None:
+    """The term of a typed `loss.terms.<t>.weight=W` (or a whole `loss.terms.<t>={weight: W, ...}`) with W > 0
+    that `stage` does not run, else None."""
+    parts = key.split(".")
+    if parts[:2] != ["loss", "terms"] or len(parts) not in (3, 4) or parts[2] in stage:
+        return None
+    if len(parts) == 3:
+        value = value.get("weight") if isinstance(value, dict) else None
+    elif parts[3] != "weight":
+        return None
+    return parts[2] if isinstance(value, int | float) and value > 0 else None
+
+
+def check_objective(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ObjectiveSpec:
+    """`cfg.loss` parsed into the run's `ObjectiveSpec`, the one parse that `train` hands to `random_gan_start`,
+    the module and the step budget. Refuses (ConfigError, before any run folder exists) what the parse refuses,
+    an adversarial term without its `model.<critic>` config, and a weight typed on the command line for a term
+    outside the stage (`loss.active`), which would otherwise be ignored. `overrides`: as in `random_gan_start`."""
+    objective = ObjectiveSpec.from_config(cfg.loss)
+    objective.check_critics(cfg.model)
+    if objective.stage is None:
+        return objective
+    stage = list(objective.stage)
+    for override in OverridesParser.create().parse_overrides(command_line(overrides)):
+        key, value = override.key_or_group, override.value()
+        term = None if override.is_delete() else _weight_outside_stage(key, value, stage)
+        if term is not None:
+            raise ConfigError(
+                f"{key}={value}: loss.terms.{term} is not among the stage's terms (loss.active={stage}), so its "
+                f"weight would be ignored; add it: loss.active=[{','.join([*stage, term])}]"
+            )
+    return objective
+
+
 def explicitly_null(key: str, overrides: Sequence[str]) -> bool:
     """Whether the command-line overrides set `key` to null (`key=null`, `+key=null`, `++key=null`).
 
@@ -168,14 +203,17 @@ def explicitly_null(key: str, overrides: Sequence[str]) -> bool:
 
 
 def random_gan_start(
-    cfg: DictConfig, ckpt_path: str | None, overrides: Sequence[str] | None = None
+    cfg: DictConfig,
+    ckpt_path: str | None,
+    overrides: Sequence[str] | None = None,
+    objective: ObjectiveSpec | None = None,
 ) -> str | None:
     """The warning for a fresh run whose adversarial terms train a random generator from iteration 0
-    (`experiment=full` without `model.init_from`), or None. `overrides`: the command line's (default: Hydra's)."""
+    (`experiment=full` without `model.init_from`), or None. `overrides`: the command line's (default: Hydra's);
+    `objective`: the run's (`check_objective`; parsed from `cfg.loss` when not given)."""
     if ckpt_path is not None or OmegaConf.select(cfg, INIT_FROM_KEY, default=None):
         return None  # resuming continues the run's own generator; init_from names a trained one
-    if not critic_inputs(cfg.loss) or int(cfg.optim.get("gan_start_iteration", 0)) > 0:
+    objective = objective or ObjectiveSpec.from_config(cfg.loss)
+    if not objective.critics or int(cfg.optim.get("gan_start_iteration", 0)) > 0:
         return None  # no GAN phase, or a generator-only warm-up before it
-    if overrides is None:
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return None if explicitly_null(INIT_FROM_KEY, overrides) else RANDOM_GAN_START
+    return None if explicitly_null(INIT_FROM_KEY, command_line(overrides)) else RANDOM_GAN_START

@@ -1,7 +1,9 @@
 """DGGGANModule: the WGAN-GP training step, validation on benchmark sets, optimizers (docs/design.md).
 
 One iteration = `optim.n_critic` updates of the critics, then one generator update (manual optimization); the
-objective (which terms, which critics) is `loss.terms`, see `dgggan_pl.objective`.
+objective (which terms, which critics) is `loss.terms`, see `dgggan_pl.objective`. The generator is any
+`nn.Module` of the contract in `dgggan_pl.models.contract`: its output alone decides whether the gradient-map
+terms run.
 Before `optim.gan_start_iteration` (and always when the config builds no critics, e.g. `experiment=pretrain`)
 an iteration is a single generator update without adversarial terms.
 """
@@ -23,9 +25,10 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from dgggan_pl.metrics.keys import benchmark_key
 from dgggan_pl.metrics.suite import BenchmarkMetrics
-from dgggan_pl.models.generator import GeneratorOutput
-from dgggan_pl.objective import Objective, Stats, check_model, critic_slots
+from dgggan_pl.models.contract import GeneratorOutput, generator_output, outputs_gradient_map
+from dgggan_pl.objective import Objective, ObjectiveSpec, Stats
 from dgggan_pl.strategies import STRATEGY_NAME  # noqa: F401 (importing registers strategy=ddp_step_sync)
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ class DGGGANModule(LightningModule):
     Args (plain containers, e.g. `OmegaConf.to_container(cfg.model, resolve=True)`, so checkpoints hold no
     objects and load with `torch.load(weights_only=True)`):
         model: `cfg.model`: `generator` and the critics' `_target_` configs (a critic no term uses may be null).
-        loss: `cfg.loss`: `terms` (eq. 7) and `critic_loss` (eq. 10); see `dgggan_pl.objective`.
+        loss: `cfg.loss`: `terms` (eq. 7), `active` and `critic_loss` (eq. 10); see `dgggan_pl.objective`.
         optim: `cfg.optim`: `generator`, `critic`, `scheduler` (`_partial_`), `n_critic`, `gan_start_iteration`,
             `ema_decay` (null = no EMA), `max_consecutive_nonfinite`.
         metrics: `cfg.metrics` (its `benchmark` node is a `_partial_` BenchmarkMetrics); null skips metrics.
@@ -51,6 +54,8 @@ class DGGGANModule(LightningModule):
             so that they do not depend on global RNG state (exact resume; the data is seeded per sample).
         val_sets, test_sets: the validation / test set names in dataloader order (the datamodule's
             `val_set_names` / `test_set_names`); metrics are logged as `val/<name>/<metric>`.
+        objective: `loss` as `ObjectiveSpec.from_config` parsed it (train's config check does, once per run);
+            parsed here when not given. Not a hyperparameter: `loss` is the record.
     """
 
     def __init__(
@@ -62,17 +67,22 @@ class DGGGANModule(LightningModule):
         seed: int = 0,
         val_sets: Sequence[str] = (),
         test_sets: Sequence[str] = (),
+        objective: ObjectiveSpec | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["objective"])
         self.val_sets, self.test_sets = list(val_sets), list(test_sets)
         self.automatic_optimization = False
         self.generator = instantiate(model["generator"])
-        check_model(loss, model, self.generator.use_gradient_branch)
-        self.objective = Objective(loss)
-        # A critic exists only while an adversarial term with weight > 0 names it (experiment=pretrain sets
-        # both to 0); every critic a term names keeps its attribute (None when unused) and state-dict prefix.
-        for name in critic_slots(loss):
+        spec = objective if objective is not None else ObjectiveSpec.from_config(loss)
+        if spec.gradient_map_terms and not outputs_gradient_map(self.generator):
+            log.info("loss.terms %s off: the generator outputs no gradient map", spec.gradient_map_terms)
+            spec = spec.without_gradient_map()
+        spec.check_critics(model)
+        self.objective = Objective(spec)
+        # A critic exists only while an adversarial term that runs names it (experiment=pretrain runs none);
+        # every critic a term names keeps its attribute (None when unused) and state-dict prefix.
+        for name in spec.critic_slots:
             if not name.isidentifier() or hasattr(self, name):
                 raise ValueError(
                     f"loss.terms: critic name {name!r} must be a fresh identifier (a model.<name> key)"
@@ -116,7 +126,7 @@ class DGGGANModule(LightningModule):
         lr, hr = batch["lr"], batch["hr"]
         optimizers = self.optimizers()
         opt_g, opt_d = (optimizers, None) if not isinstance(optimizers, list) else optimizers
-        out: GeneratorOutput = self.generator(lr)
+        out = generator_output(self.generator(lr))
 
         if self.gan_active:  # critic step(s): eq. 10 on the detached SR, the generator frozen
             for update in range(self.hparams["optim"]["n_critic"]):
@@ -258,11 +268,11 @@ class DGGGANModule(LightningModule):
 
     def _eval_step(
         self, batch: dict[str, Any], set_names: list[str], dataloader_idx: int
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Tensor | None]:
         # Always float32 with autocast off, whatever trainer.precision is: bf16 evaluation moves Y-PSNR by
         # up to 0.07 dB on one image, and the tables are compared to 0.01 dB.
         with torch.autocast(device_type=self.device.type, enabled=False):
-            out = self.eval_generator(batch["lr"].float())
+            out = generator_output(self.eval_generator(batch["lr"].float()))
         sr = out.sr.clamp(0, 1)
         if self._metrics:
             self._metrics[set_names[dataloader_idx]].update(sr.float(), batch["hr"].float(), batch["name"])
@@ -270,10 +280,12 @@ class DGGGANModule(LightningModule):
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Tensor | None]:
         return self._eval_step(batch, self.val_sets, dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def test_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor | None]:
         return self._eval_step(batch, self.test_sets, dataloader_idx)
 
     def _log_metrics(self, prefix: str, set_names: list[str]) -> None:
@@ -285,7 +297,7 @@ class DGGGANModule(LightningModule):
                 # holds the same value. sync_dist keeps Lightning quiet; "max" of identical numbers is exact,
                 # where a mean (sum / world size) may move the last bit and part from the 1-process value.
                 self.log(
-                    f"{prefix}/{name}/{key}",
+                    benchmark_key(prefix, name, key),
                     float(value),
                     add_dataloader_idx=False,
                     sync_dist=True,

@@ -27,10 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.callbacks.run_info import config_sha256
 from dgggan_pl.config import ConfigError
-from dgggan_pl.config_checks import check_config
+from dgggan_pl.config_checks import check_config, check_objective
 from dgggan_pl.distributed.cluster import RankLayout
 from dgggan_pl.distributed.group import RankGroup
 from dgggan_pl.distributed.watch import RankFailure
+from dgggan_pl.objective import ObjectiveSpec
 from dgggan_pl.resume_checks import check_resume
 from dgggan_pl.runs import (
     LOCK_FILE,
@@ -54,11 +55,13 @@ _NAMED_DIFFERENCES = 3  # a config mismatch names at most this many keys
 @dataclass(frozen=True)
 class Claim:
     """What this rank starts with: the checkpoint to resume from (rank 0's decision, on every rank), whether the
-    attempt continues a run in its folder, and rank 0's lock on the folder (other ranks: none)."""
+    attempt continues a run in its folder, rank 0's lock on the folder (other ranks: none), and the objective
+    parsed from `cfg.loss` (`config_checks.check_objective`)."""
 
     ckpt_path: str | None = None
     continuing: bool = False
     lock: RunLock | None = None
+    objective: ObjectiveSpec | None = None
 
     def release(self) -> None:
         if self.lock is not None:
@@ -91,8 +94,9 @@ def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
     try:
         raise_pending_resume_error()
         check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
+        objective = check_objective(cfg)  # the one parse of cfg.loss: the warning, module, step budget get it
         if not layout.is_zero:
-            return Claim()
+            return Claim(objective=objective)
         ckpt_path, continuing = choose_checkpoint(cfg, output_dir)
         check_resume(cfg, ckpt_path, layout.world_size)  # a checkpoint this config cannot continue: one line
     except (ConfigError, ResumeError):
@@ -105,7 +109,7 @@ def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
     except RunFolderError:
         lock.release()
         raise
-    return Claim(ckpt_path, continuing, lock)
+    return Claim(ckpt_path, continuing, lock, objective)
 
 
 def _raise_first_refusal(

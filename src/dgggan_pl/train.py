@@ -53,7 +53,7 @@ from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavail
 from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.suite import METRICS
 from dgggan_pl.module import DGGGANModule
-from dgggan_pl.objective import optimizer_steps
+from dgggan_pl.objective import ObjectiveSpec
 from dgggan_pl.runs import (
     REQUEUED,
     RESUME_PREFIX,
@@ -84,11 +84,14 @@ _LIGHTNING_STOP_MESSAGE = "`Trainer.fit` stopped: `max_steps="
 register_resolvers()  # conf/hydra's run.dir and output_subdir use them (resume=...)
 
 
-def derive_max_steps(cfg: DictConfig) -> int:
-    """Trainer.max_steps for `cfg.iterations`: Lightning counts every optimizer.step (`optimizer_steps`)."""
+def derive_max_steps(cfg: DictConfig, objective: ObjectiveSpec | None = None) -> int:
+    """Trainer.max_steps for `cfg.iterations`: Lightning counts every optimizer.step (`optimizer_steps`).
+
+    `objective`: the run's (the module's `objective.spec`); parsed from `cfg.loss` when not given."""
     if cfg.trainer.get("max_steps") is not None:
         raise ConfigError(MAX_STEPS_MESSAGE)
-    return optimizer_steps(int(cfg.iterations), cfg.optim, cfg.loss)
+    objective = objective or ObjectiveSpec.from_config(cfg.loss)
+    return objective.optimizer_steps(int(cfg.iterations), cfg.optim)
 
 
 def unavailable_metrics(metrics_cfg: DictConfig | None) -> dict[str, str]:
@@ -147,8 +150,10 @@ def _global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0))
 
 
-def build_module(cfg: DictConfig) -> DGGGANModule:
-    """The LightningModule from plain containers (checkpoints then load with weights_only=True)."""
+def build_module(cfg: DictConfig, objective: ObjectiveSpec | None = None) -> DGGGANModule:
+    """The LightningModule from plain containers (checkpoints then load with weights_only=True).
+
+    `objective`: `cfg.loss` as `check_objective` parsed it; parsed by the module when not given."""
     containers: dict[str, Any] = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else None
         for key in ("model", "loss", "optim", "metrics")
@@ -158,7 +163,7 @@ def build_module(cfg: DictConfig) -> DGGGANModule:
         f"{stage}_sets": [*cfg.data.get(f"{stage}_sets", []), *(cfg.data.get(f"{stage}_sources") or {})]
         for stage in ("val", "test")
     }
-    module = DGGGANModule(**containers, seed=int(cfg.seed), **set_names)
+    module = DGGGANModule(**containers, seed=int(cfg.seed), **set_names, objective=objective)
     init_from = cfg.model.get("init_from")
     if init_from:
         source, _ = load_generator(init_from)
@@ -246,12 +251,13 @@ def run_fit_and_test(
     ckpt_path: str | None,
     unavailable: Mapping[str, str],
     record: RunRecord | None = None,
+    objective: ObjectiveSpec | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, then test the selected and the last checkpoint; returns the final metrics (those of the selected
     checkpoint's test) and the checkpoint record for run_info.json (`record` also gets the training images
     that were skipped as unreadable)."""
     datamodule: SRDataModule = instantiate(cfg.data)
-    module = build_module(cfg)
+    module = build_module(cfg, objective)
     callbacks = [
         *instantiate_callbacks(cfg.get("callbacks"), unavailable),
         IterationAxis(),
@@ -259,7 +265,7 @@ def run_fit_and_test(
     ]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        max_steps=derive_max_steps(cfg),
+        max_steps=derive_max_steps(cfg, module.objective.spec),
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
@@ -292,9 +298,11 @@ def _announce(output_dir: Path, status: str) -> None:
     print(f"run folder ({status}): {output_dir.resolve()}", flush=True)
 
 
-def warn_random_gan_start(cfg: DictConfig, ckpt_path: str | None) -> None:
+def warn_random_gan_start(
+    cfg: DictConfig, ckpt_path: str | None, objective: ObjectiveSpec | None = None
+) -> None:
     """One warning, from rank 0, when the GAN would train a random generator (`config_checks.random_gan_start`)."""
-    message = random_gan_start(cfg, ckpt_path)
+    message = random_gan_start(cfg, ckpt_path, objective=objective)
     if message is not None and _global_rank() == 0:
         log.warning(message)
 
@@ -344,7 +352,7 @@ def _train_agreed(cfg: DictConfig, output_dir: Path, claim: Claim, group: RankGr
     """The run every rank agreed to start; a failure here is published to the other ranks (`RankGroup.abort`),
     and a failure that follows another rank's is reported as that rank's (`RankFailure`)."""
     try:
-        warn_random_gan_start(cfg, claim.ckpt_path)
+        warn_random_gan_start(cfg, claim.ckpt_path, claim.objective)
         group.init_process_group(process_group_backend(cfg))
         return _train_in_run_dir(cfg, output_dir, claim, group)
     except BaseException as error:
@@ -397,7 +405,7 @@ def _train_in_run_dir(cfg: DictConfig, output_dir: Path, claim: Claim, group: Ra
         loggers = instantiate_loggers(cfg.get("logger"), resume=claim.ckpt_path is not None)
         record_unavailable(loggers, unavailable)
         metrics, checkpoints = run_fit_and_test(
-            cfg, output_dir, loggers, claim.ckpt_path, unavailable, record
+            cfg, output_dir, loggers, claim.ckpt_path, unavailable, record, claim.objective
         )
     except BaseException as error:
         reported = group.failure_of(error)  # the others stop too; theirs, if another rank failed first

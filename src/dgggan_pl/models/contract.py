@@ -1,8 +1,14 @@
 """The generator contract: what training, inference, tiling and weight loading may assume of a generator.
 
-Written once here, as a `typing.Protocol`, so that `tiling`, `weights`, `upscale` and the LightningModule are
-typed against it and never reach into one architecture's submodules. `DGGGANGenerator` satisfies it; a new
-architecture does when it provides the members of `SRGenerator` with the meaning stated there.
+Written once here. Training asks the least: an `nn.Module` whose `generator(lr)` returns the SR image, either as a
+bare tensor (most published SR networks, e.g. ESRGAN's RRDBNet) or as a `GeneratorOutput` that may carry a gradient
+map; `generator_output` reads either, and `outputs_gradient_map` tells from that output (not from a flag of the
+class) whether the gradient-map terms of the objective can run. Inference asks no more (`dgggan_pl.SRModel` loads,
+tiles exactly, saves and exports any such network); one that also has the two stages of `SRGenerator` (a
+`typing.Protocol`) gets the staged tiling, exact even with global ops such as SE gates, which never reaches into
+one architecture's submodules. Optional members inference reads when present: `scale`, `in_channels` (else
+measured / RGB), `config` (constructor arguments, `init_args.records_init_args`), `activation_bytes(height, width)`
+(its own memory estimate) and `whole_image_only` (never tiled). `DGGGANGenerator` satisfies both.
 """
 
 from __future__ import annotations
@@ -10,7 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
+
+IMAGE_CHANNELS = 3  # training and validation feed RGB batches
+PROBE_LR_SIZE = 8  # LR pixels per side of the probe batch of `outputs_gradient_map`: one cheap forward
 
 Run = Callable[..., Tensor]  # run(fn, *inputs) -> fn(*inputs), computed directly or tile by tile
 
@@ -67,3 +77,36 @@ class SRGenerator(Protocol):
 
     @property
     def state_dict(self) -> Callable[..., dict[str, Any]]: ...
+
+
+def generator_output(result: Tensor | GeneratorOutput) -> GeneratorOutput:
+    """What training and validation read of `generator(lr)`: a `GeneratorOutput` as it is, a bare `(B, 3, H, W)`
+    tensor as the SR image with no gradient map."""
+    if isinstance(result, GeneratorOutput):
+        return result
+    if isinstance(result, Tensor):
+        return GeneratorOutput(result, None)
+    raise TypeError(
+        f"a generator's forward must return the SR image as a tensor or a GeneratorOutput(sr, grad_map) "
+        f"(dgggan_pl.models.contract), got {type(result).__name__}"
+    )
+
+
+def outputs_gradient_map(generator: nn.Module) -> bool:
+    """Whether `generator` outputs a gradient map, read from its output on a small RGB batch.
+
+    One forward in eval mode without autograd, on the device and dtype of its first parameter; the training
+    mode is restored after. Training decides from this which terms of the objective can run (`grad_map` terms
+    need the map), so no architecture has to declare it.
+    """
+    first = next(generator.parameters(), None)
+    device, dtype = (first.device, first.dtype) if first is not None else (None, None)
+    probe = torch.zeros(1, IMAGE_CHANNELS, PROBE_LR_SIZE, PROBE_LR_SIZE, device=device, dtype=dtype)
+    was_training = generator.training
+    generator.eval()
+    try:
+        with torch.no_grad():
+            output = generator_output(generator(probe))
+    finally:
+        generator.train(was_training)
+    return output.grad_map is not None

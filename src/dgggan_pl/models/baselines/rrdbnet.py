@@ -1,6 +1,8 @@
-"""ESRGAN's RRDBNet generator (Wang et al., ECCVW 2018), written from the paper for complexity comparisons.
+"""ESRGAN's RRDBNet generator (Wang et al., ECCVW 2018), written from the paper.
 
-Not used in training: `dgggan_pl.complexity` and `benchmarks/bench_inference.py` compare DGGGAN against it.
+`dgggan_pl.complexity` and `benchmarks/bench_inference.py` compare DGGGAN against it, and `model=rrdbnet`
+(conf/model/rrdbnet.yaml) trains it with DGGGAN's critics and objective: its forward returns the SR image alone,
+which the training contract (`dgggan_pl.models.contract`) reads as an output without a gradient map.
 Defaults are the published x4 model: 23 RRDBs, 64 features, growth 32 (16,697,987 parameters).
 It is ESRGAN's network exactly: its weights, renamed to the released layout, give the same output in spandrel's
 ESRGAN (tests/test_baselines.py). Released ESRGAN weights are loaded through spandrel (`dgggan_pl.peers`); this

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from dgggan_pl.models.baselines.rrdbnet import INIT_SCALE, RRDB
 from dgggan_pl.models.blocks import UpsampleTail, conv3x3, scaled_kaiming_init_
-from dgggan_pl.models.generator import GeneratorOutput
+from dgggan_pl.models.contract import GeneratorOutput
 from dgggan_pl.models.gradient import GradientMagnitude
 
 
