@@ -107,7 +107,7 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
 def _used_critics(cfg: DictConfig) -> list[str]:
     """The `model.<name>` critics the objective trains ([] when `cfg.loss` does not parse: its check says why)."""
     try:
-        return list(critic_inputs(cfg.loss))
+        return list(ObjectiveSpec.from_config(cfg.loss).critics)
     except (ValueError, KeyError, TypeError, AttributeError):
         return []
 
