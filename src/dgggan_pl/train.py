@@ -49,6 +49,7 @@ from dgggan_pl.distributed.cluster import (
 )
 from dgggan_pl.distributed.group import GroupSettings, RankGroup, join, leave_joined
 from dgggan_pl.distributed.watch import RankFailure
+from dgggan_pl.launch.requeue import requeue_reason
 from dgggan_pl.loggers import close_loggers, instantiate_loggers, record_unavailable
 from dgggan_pl.metrics.perceptual import LPIPS_RANDOM_KEY
 from dgggan_pl.metrics.suite import METRICS
@@ -373,6 +374,8 @@ def stop_advice(run_dir: str | Path) -> str:
     """What to do after `train` was stopped by a signal, from what its run folder says."""
     if recorded_status(run_dir) == REQUEUED:  # SIGTERM inside SLURM (scontrol requeue, preemption)
         return "run_info.json says requeued: SLURM restarts the job from its last.ckpt"
+    if requeue_reason() is not None and _global_rank() != 0:  # rank 0 records the requeue, maybe not yet
+        return "every rank saved last.ckpt for the requeue; rank 0's run_info.json says what SLURM did"
     return "run_info.json says failed; " + (
         f"continue with resume={run_dir}"
         if last_checkpoint(run_dir).is_file()
