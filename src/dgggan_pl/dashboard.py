@@ -22,9 +22,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dgggan_pl.callbacks.wandb_metrics import ABLATION_KEY, GFLOPS_KEY, GOALS, benchmark_key
+from dgggan_pl.callbacks.wandb_metrics import ABLATION_KEY, GFLOPS_KEY, GOALS
 from dgggan_pl.config import compose_config
 from dgggan_pl.metrics import registry
+from dgggan_pl.metrics.keys import benchmark_key
 from dgggan_pl.metrics.registry import REPORT, MetricSettings, MetricSpec, table_columns
 from dgggan_pl.report import TABLE1_ROWS, TABLE2_ROWS
 from dgggan_pl.utils.atomic import write_text_atomic

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from dgggan_pl.complexity import DEFAULT_LR_SIZE, build_generator_from_config, count_gflops, count_parameters
 from dgggan_pl.launch.devices import override_key
 from dgggan_pl.launch.summary import COMPLETED, FAILED, INTERRUPTED, NOT_STARTED
+from dgggan_pl.metrics.keys import benchmark_key
 from dgggan_pl.metrics.registry import REPORT, spec, table_columns
 from dgggan_pl.sweep_results import (
     CHECKPOINT_ROLES,
@@ -103,7 +104,7 @@ def _built_from(metric: str) -> str:
 
 def metric_key(set_name: str, metric: str) -> str:
     """The key training logs a final test metric under (`test/<Set>/<metric>`)."""
-    return f"test/{set_name}/{metric}"
+    return benchmark_key("test", set_name, metric)
 
 
 def discover_sets(jobs: Sequence[JobResult]) -> list[str]:
