@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from dgggan_pl.config import compose_config
+from dgggan_pl.metrics.keys import benchmark_key
 from gpu_check import callbacks as check_callbacks
 from gpu_check.data import training_dirs
 from gpu_check.flops import iteration_flops
@@ -320,7 +321,10 @@ def learning_curve(check: Check, spec: DictConfig) -> Figures:
     extra = [*clock, f"iterations={spec.iterations}", f"trainer.precision={spec.precision}"]
     extra += [f"optim.generator.lr={spec.lr}", "optim.scheduler.milestones=[1000000000]"]
     extra += [f"trainer.val_check_interval={spec.val_every}", "metrics.benchmark.metrics=[psnr,ssim]"]
-    extra += ["callbacks.model_checkpoint.monitor=val/Set14/psnr", "data.test_sets=[]"]
+    extra += [
+        f"callbacks.model_checkpoint.monitor={benchmark_key('val', 'Set14', 'psnr')}",
+        "data.test_sets=[]",
+    ]
     extra += ["+callbacks.history._target_=dgggan_pl.callbacks.metric_history.MetricHistory"]
     extra += [f"+callbacks.history.path={history}"]
     cfg = check.compose(*extra, experiment="pretrain", folder="learning_curve")
