@@ -24,7 +24,7 @@ from dgggan_pl.distributed.cluster import (
     restart_count,
     starts_in_process,
 )
-from dgggan_pl.distributed.watch import FAILED, STOPPED, Abort, RankFailure
+from dgggan_pl.distributed.watch import FAILED, STOPPED, Abort, RankFailure, lost_a_peer
 from dgggan_pl.launch.commands import clean_env
 from dgggan_pl.runs import (
     RunFolderError,
@@ -165,3 +165,14 @@ def test_an_abort_says_who_and_how() -> None:
     assert (failed.kind, failed.status, failed.line) == (FAILED, 1, "bad")
     assert Abort.of(2, SystemExit(3)).status == 3
     assert isinstance(failed.failure(), RankFailure) and failed.failure().status == 1
+
+
+def test_a_rank_reports_its_own_error_unless_it_only_lost_another_rank() -> None:
+    hydra_style = RuntimeError("Error in call to target 'DGGGANGenerator':\nValueError('...')")
+    hydra_style.__cause__ = ValueError("se_reduction=16 leaves no hidden channel\nat width 8")
+    line = "Error in call to target 'DGGGANGenerator': (ValueError: se_reduction=16 leaves no hidden channel)"
+    assert Abort.of(1, hydra_style).line == line  # the cause says why; the first line alone would not
+    assert lost_a_peer(
+        RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer")
+    )
+    assert not lost_a_peer(hydra_style) and not lost_a_peer(ValueError("gloo"))

@@ -36,6 +36,7 @@ from dgggan_pl.distributed.watch import (
     ExitHook,
     RankFailure,
     RankWatch,
+    lost_a_peer,
     lost_contact,
 )
 
@@ -175,10 +176,15 @@ class RankGroup:
 
     def failure_of(self, error: BaseException) -> BaseException:
         """Publish `error` ending this rank (`abort`) and return what to report: `error` itself, or, when another
-        rank ended first (this error is then most likely its consequence, e.g. a closed connection),
-        `RankFailure` naming that rank."""
+        rank ended first and `error` is this rank losing it (`lost_a_peer`: a collective on a closed connection),
+        `RankFailure` naming that rank. Any error of this rank's own (the same bad config on every rank, its own
+        stop signal) is reported as it is."""
         first = self.abort(error)
-        return first.failure() if first is not None and first.rank != self.rank else error
+        if getattr(error, "every_rank", False):  # a stop every rank made at the same step (a SLURM requeue)
+            return error
+        if first is None or first.rank == self.rank or not lost_a_peer(error):
+            return error
+        return first.failure()
 
     def leave(self, completed: bool) -> None:
         """Stop the watcher. After a completed run every rank says so and rank 0, the store's host, waits for

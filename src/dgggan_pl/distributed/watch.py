@@ -88,8 +88,29 @@ class Abort:
             return cls(rank, STOPPED, code, f"exited with status {code}")
         if isinstance(error, RankFailure):
             return cls(rank, FAILED, error.status, str(error))
-        text = str(error).strip()
-        return cls(rank, FAILED, EXIT_FAILED, text.splitlines()[0] if text else type(error).__name__)
+        return cls(rank, FAILED, EXIT_FAILED, one_line(error))
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of `error`, with the first line of its cause when it has one (Hydra's `Error in call to
+    target ...:` says what failed, its cause why)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        line += f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0]})"
+    return line
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective or the store failing because another rank is gone (gloo's closed
+    connection, NCCL's and the store's `DistError`s): then that rank's failure is the one to report."""
+    import torch.distributed as dist
+
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("/gloo/" in text or "NCCL" in text)
 
 
 def lost_contact(error: BaseException) -> Abort:
