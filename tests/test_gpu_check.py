@@ -288,3 +288,27 @@ def test_device_profile_composes_every_training_as_specified(tmp_path, monkeypat
     killed, resumed = cli_runs
     assert "kill" in killed.callbacks and "kill" not in resumed.callbacks and resumed.resume
     assert killed.iterations == 30 and killed.trainer.limit_train_batches == 10  # debug=limit
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [],
+            "error: no CUDA device (torch.cuda.is_available() is False); use --dry-run to rehearse on the CPU",
+        ),
+        (
+            ["--dry-run", "--data", "absent"],
+            "error: --data absent: no such folder (prepare it with --prepare-data)",
+        ),
+    ],
+)
+def test_refusals_are_one_line_and_write_nothing(args, message, tmp_path, monkeypatch, capsys) -> None:
+    """Before: argparse's usage block plus the error (4 lines); `--data` missing left the --out folder behind."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [message]
+    assert not (tmp_path / "out").exists()

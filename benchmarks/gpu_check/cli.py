@@ -187,17 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"crops of {result['crop_size']} px); with the tree and .whl/ {result['total_mib']:.1f} MiB"
         )
         return 0
+    refusal = None  # checked before anything is written, one line each
     if args.out is None:
-        parser.error("--out DIR is required (unless --prepare-data)")
-    if not args.dry_run and not torch.cuda.is_available():
-        parser.error(
-            "no CUDA device (torch.cuda.is_available() is False); use --dry-run to rehearse on the CPU"
-        )
+        refusal = "--out DIR is required (unless --prepare-data)"
+    elif not args.dry_run and not torch.cuda.is_available():
+        refusal = "no CUDA device (torch.cuda.is_available() is False); use --dry-run to rehearse on the CPU"
+    elif args.data is not None and not args.data.is_dir():
+        refusal = f"--data {args.data}: no such folder (prepare it with --prepare-data)"
+    if refusal is not None:
+        parser.exit(2, f"error: {refusal}\n")
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = args.data if args.data is not None else default_data(args.dry_run, out, data_spec)
-    if data_dir is not None and not data_dir.is_dir():
-        parser.error(f"--data {data_dir}: no such folder (prepare it with --prepare-data)")
     device = torch.device("cpu" if args.dry_run else "cuda")
     if settings.get("threads"):  # toy convolutions gain nothing from threads on a busy CPU; OMP_NUM_THREADS
         torch.set_num_threads(
