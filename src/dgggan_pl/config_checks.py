@@ -70,7 +70,9 @@ def _number(cfg: DictConfig, key: str) -> float | None:
         raise ConfigError(f"{key}={value!r}: not a number") from error
 
 
-def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
+def check_config(
+    cfg: DictConfig, cuda_available: bool | None = None, objective: ObjectiveSpec | None = None
+) -> None:
     """Raise `ConfigError` for the first value that cannot work; `cuda_available` is for tests."""
     for key in INTEGER:
         value = _number(cfg, key)
@@ -86,7 +88,7 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 0 ({meaning})")
     if OmegaConf.select(cfg, "trainer.max_steps", default=None) is not None:
         raise ConfigError(MAX_STEPS_MESSAGE)
-    check_crop(cfg)
+    check_crop(cfg, objective)
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -104,15 +106,17 @@ def check_config(cfg: DictConfig, cuda_available: bool | None = None) -> None:
         raise ConfigError(unknown)
 
 
-def _used_critics(cfg: DictConfig) -> list[str]:
+def _used_critics(cfg: DictConfig, objective: ObjectiveSpec | None) -> list[str]:
     """The `model.<name>` critics the objective trains ([] when `cfg.loss` does not parse: its check says why)."""
+    if objective is not None:  # the run's, parsed once by `check_objective`
+        return list(objective.critics)
     try:
         return list(ObjectiveSpec.from_config(cfg.loss).critics)
     except (ValueError, KeyError, TypeError, AttributeError):
         return []
 
 
-def check_crop(cfg: DictConfig) -> None:
+def check_crop(cfg: DictConfig, objective: ObjectiveSpec | None = None) -> None:
     """`hr_patch_size` must split into whole LR pixels (a multiple of `scale`) and survive the downsampling of
     every critic the objective trains (their own check, run on the meta device)."""
     size = OmegaConf.select(cfg, "hr_patch_size", default=None)
@@ -130,7 +134,7 @@ def check_crop(cfg: DictConfig) -> None:
         return
     from dgggan_pl.resume_checks import instantiate_on_meta  # imports Hydra's instantiate: only when needed
 
-    for name in _used_critics(cfg):
+    for name in _used_critics(cfg, objective):
         node = OmegaConf.select(cfg, f"model.{name}", default=None)
         if not isinstance(node, DictConfig):
             continue

@@ -93,8 +93,10 @@ def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
     """Step 1 on this rank; raises its refusal (`REFUSALS`). Rank 0's claim holds the folder's lock."""
     try:
         raise_pending_resume_error()
-        check_config(cfg)  # nothing is written before the config and the checkpoint to resume are known good
-        objective = check_objective(cfg)  # the one parse of cfg.loss: the warning, module, step budget get it
+        # Nothing is written before the config and the checkpoint to resume are known good. cfg.loss is parsed
+        # once, here: the config checks, the warning, the module and the step budget receive that spec.
+        objective = check_objective(cfg)
+        check_config(cfg, objective=objective)
         if not layout.is_zero:
             return Claim(objective=objective)
         ckpt_path, continuing = choose_checkpoint(cfg, output_dir)
