@@ -132,7 +132,8 @@ def test_every_registered_generator_trains_under_smoke(
 @pytest.mark.usefixtures("one_torch_thread")
 def test_rrdbnet_pretrain_and_full_validate_resume_exactly_and_chain(tmp_path: Path) -> None:
     """ESRGAN's generator, by its two config files: the PSNR stage (pixel L1 alone: no gradient map, no eta); the
-    GAN with DGGGAN's critics, validated and resumed bit for bit from a mid-run checkpoint."""
+    GAN with DGGGAN's critics, validated and resumed bit for bit from a mid-run checkpoint; `model.init_from`
+    starting the GAN from the PSNR stage's weights."""
     pretrain = run(
         tmp_path / "pretrain", "experiment=pretrain", "model=rrdbnet", "iterations=2", logger="csv"
     )
@@ -154,6 +155,11 @@ def test_rrdbnet_pretrain_and_full_validate_resume_exactly_and_chain(tmp_path: P
     different = [k for k, v in straight["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not different, f"weights differ after resume: {different[:5]}"
 
+    # the GAN starts from the PSNR stage: model.init_from loads the pretrain run's RRDBNet, strictly
+    start = f"model.init_from={tmp_path / 'pretrain' / 'checkpoints' / 'last.ckpt'}"
+    generator = build_module(compose_config([*full, start, "debug=smoke"])).generator
+    for key, value in generator.state_dict().items():
+        assert torch.equal(value, pretrain["state_dict"][f"generator.{key}"]), key
 
 
 @pytest.mark.slow
