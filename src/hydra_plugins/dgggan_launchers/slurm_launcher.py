@@ -238,12 +238,12 @@ class SubmititDDPLauncher(BaseSubmititLauncher):
         for job, handle in zip(jobs, submitted, strict=True):
             job.status, job.slurm_job_id = SUBMITTED, str(handle.job_id)
             job.command = [f"{self._EXECUTOR} job {handle.job_id}"]
-        write_summary(sweep_dir, self._EXECUTOR, self.jobs)
-        for job in jobs:
-            log.info(f"\t#{job.num} ({job.slurm_job_id}): {' '.join(filter_overrides(job.overrides))}")
-        log.info(f"Submitted {len(jobs)} {self._EXECUTOR} jobs; sweep output dir: {sweep_dir}")
         watch = SweepWatch(jobs=jobs, handles=dict(enumerate(submitted)))
-        try:
+        try:  # from here on Ctrl-C leaves the submitted jobs running and says so
+            write_summary(sweep_dir, self._EXECUTOR, self.jobs)
+            for job in jobs:
+                log.info(f"\t#{job.num} ({job.slurm_job_id}): {' '.join(filter_overrides(job.overrides))}")
+            log.info(f"Submitted {len(jobs)} {self._EXECUTOR} jobs; sweep output dir: {sweep_dir}")
             self._wait(watch, sweep_dir)
         except KeyboardInterrupt:
             self._detach(watch, sweep_dir)
