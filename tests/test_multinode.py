@@ -30,7 +30,15 @@ pytestmark = pytest.mark.slow
 
 TESTS_DIR = Path(__file__).resolve().parent
 SRC_DIR = TESTS_DIR.parent / "src"
-TRAIN = ["experiment=pretrain", "debug=smoke", "logger=none", "callbacks.image_panels=null"]
+# No test phase and no LPIPS network: the launches, not the metrics, are under test.
+TRAIN = [
+    "experiment=pretrain",
+    "debug=smoke",
+    "logger=none",
+    "callbacks.image_panels=null",
+    "data.test_sources={}",
+    "metrics.lpips=disabled",
+]
 # Far above anything these runs need: a rank that ends only through a timeout fails the test (RUN_BUDGET_S).
 TIMEOUTS = ["distributed.timeout_s=900", "distributed.startup_timeout_s=900"]
 RUN_BUDGET_S = 400  # one launch on a loaded 2-core machine, imports included

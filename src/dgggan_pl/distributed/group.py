@@ -38,6 +38,7 @@ from dgggan_pl.distributed.watch import (
     RankWatch,
     lost_a_peer,
     lost_contact,
+    one_line,
 )
 
 KEY_PREFIX = "dgggan"
@@ -62,11 +63,6 @@ class GroupSettings:
         return cls(**{name: float(node[name]) for name in cls.__dataclass_fields__})
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 class RankGroup:
     """This process's launch: its layout, and for several ranks the shared store and the watcher thread."""
 
@@ -74,7 +70,6 @@ class RankGroup:
         self.layout = layout
         self.settings = settings
         self.store: dist.Store | None = None
-        self.address: tuple[str, int] | None = None
         self.watch: RankWatch | None = None
         self._base_store: dist.Store | None = None
         self._abort_client: dist.Store | None = None
@@ -102,7 +97,7 @@ class RankGroup:
         except (RuntimeError, ValueError) as error:  # DistNetworkError, DistStoreError: no peer, port in use
             raise RankFailure(
                 f"the {self.world_size} ranks did not all meet at MASTER_ADDR={host} MASTER_PORT={port} within "
-                f"distributed.startup_timeout_s={self.settings.startup_timeout_s:g} ({_first_line(error)}): start "
+                f"distributed.startup_timeout_s={self.settings.startup_timeout_s:g} ({one_line(error)}): start "
                 "every rank with the same MASTER_ADDR and MASTER_PORT (a free port on rank 0's node)"
             ) from None
         store.set_timeout(timeout)
@@ -110,7 +105,6 @@ class RankGroup:
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self._base_store = store
         self.store = dist.PrefixStore(f"{KEY_PREFIX}/{attempt}", store)
-        self.address = (host, port)
         client = dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
         self._abort_client = dist.PrefixStore(f"{KEY_PREFIX}/{attempt}", client)
         # The watcher's own connection: never queued behind a wait of the main thread on the store.
@@ -130,7 +124,7 @@ class RankGroup:
                 gone = "rank 0 (its store)" if rank == 0 else f"rank {rank}"
                 raise RankFailure(
                     f"no answer from {gone} at start-up step '{name}' within distributed.startup_timeout_s="
-                    f"{self.settings.startup_timeout_s:g} ({_first_line(error)}); see that rank's output"
+                    f"{self.settings.startup_timeout_s:g} ({one_line(error)}); see that rank's output"
                 ) from None
         return values
 
@@ -195,11 +189,21 @@ class RankGroup:
         if self.store is not None and completed:
             self.store.set(f"{DONE}/{self.rank}", "1")
             if self.rank == 0:
-                keys = [f"{DONE}/{rank}" for rank in range(self.world_size)]
-                self.store.wait(keys, timedelta(seconds=self.settings.timeout_s))
+                self._wait_for_the_others()
             if dist.is_initialized():
                 dist.destroy_process_group()
         self.store = self._base_store = self._abort_client = None
+
+    def _wait_for_the_others(self) -> None:
+        """Rank 0 keeps the store up until every rank said it is done, another rank published its end (it has
+        read nothing more from the store since), or `timeout_s` passed: its own run is complete either way."""
+        assert self.store is not None
+        keys = [f"{DONE}/{rank}" for rank in range(self.world_size)]
+        deadline = time.monotonic() + self.settings.timeout_s
+        while not self.store.check(keys):  # polled: a timed-out wait would log a c10d warning each time
+            if time.monotonic() >= deadline or self.peer_abort() is not None:
+                return
+            time.sleep(self.settings.watch_interval_s)
 
 
 _joined: list[RankGroup] = []  # this process's group, kept between the run folder's resolver and `train`
