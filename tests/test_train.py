@@ -261,3 +261,41 @@ def test_two_runs_started_together_keep_the_lock_holders_record(tmp_path) -> Non
         "hydra.yaml",
         "overrides.yaml",
     ]
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_one_line_and_leaves_it_as_it_was(tmp_path) -> None:
+    """Issue: 6 to 67 lines of Hydra's or Lightning's errors. Hydra's log file is opened lazily
+    (hydra/job_logging=run_folder), and the lock is the first write: one line naming the folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    from dgggan_pl.launch.commands import clean_env
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs `unshare -m` (root, or user namespaces) to mount a read-only folder")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train = [
+        sys.executable,
+        "-m",
+        "dgggan_pl.train",
+        "experiment=pretrain",
+        *SMOKE,
+        f"hydra.run.dir={run_dir}",
+    ]
+    mount_read_only = f'mount -t tmpfs -o ro tmpfs "{run_dir}" && exec "$0" "$@"'
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount_read_only, *train],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**clean_env(os.environ), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 1
+    assert (result.stdout + result.stderr).splitlines() == [
+        f"error: cannot write to the run folder {run_dir} (Read-only file system): make it writable or choose "
+        "another hydra.run.dir"
+    ]
+    assert list(run_dir.iterdir()) == []

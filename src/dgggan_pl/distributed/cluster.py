@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from lightning.fabric.plugins.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.strategies import StrategyRegistry
 
 from dgggan_pl.config import ConfigError
@@ -80,10 +82,15 @@ class RankLayout:
 
 
 def cluster_environment() -> ClusterEnvironment:
-    """The environment Lightning's Trainer will pick (`SLURMEnvironment` may raise on a layout it refuses)."""
-    for environment in DETECTED_ENVIRONMENTS:
-        if environment.detect():
-            return environment()
+    """The environment Lightning's Trainer will pick (`SLURMEnvironment` may raise on a layout it refuses).
+
+    Quietly: Lightning's SLURM detection warns when `srun` exists but did not start this process, which the
+    Trainer says itself where it applies (this runs before anything else, in every process of a launch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PossibleUserWarning)
+        for environment in DETECTED_ENVIRONMENTS:
+            if environment.detect():
+                return environment()
     return LightningEnvironment()
 
 
