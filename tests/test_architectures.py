@@ -27,6 +27,7 @@ MODELS = sorted(path.stem for path in (config_dir() / "model").glob("*.yaml"))
 QUIET = ["callbacks.image_panels=null", "metrics.lpips=disabled", "data.test_sources={}"]
 SMOKE_PARAMS = 100_000  # debug=smoke's generators have a few thousand parameters; the real ones millions
 TRAIN_COMMAND = "python -m dgggan_pl.train"
+PRETRAIN_RUN = "<pretrain-run-folder>"  # the doc's placeholder for the first command's run folder
 
 
 def doc_section(title: str) -> str:
@@ -43,8 +44,10 @@ def named_blocks(section: str) -> dict[str, str]:
 
 
 def train_commands(section: str) -> list[list[str]]:
-    """The overrides of every `python -m dgggan_pl.train ...` line of the section's shell block."""
-    return [shlex.split(line)[3:] for line in section.splitlines() if line.startswith(TRAIN_COMMAND)]
+    """The overrides of every `python -m dgggan_pl.train ...` command of the section's shell block (a command
+    may continue over lines ending in a backslash)."""
+    lines = section.replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[3:] for line in lines if line.startswith(TRAIN_COMMAND)]
 
 
 def logged_columns(output_dir: Path) -> set[str]:
@@ -189,10 +192,21 @@ def test_a_new_architecture_is_the_three_files_of_the_doc(
         "experiment=pretrain": {"generator"},
         "experiment=full": {"generator", "image_critic", "gradient_critic"},
     }
+    pretrain_run = tmp_path / "run0"
     for index, args in enumerate(commands):
         stage = next(a for a in args if a.startswith("experiment="))
+        args = [a.replace(PRETRAIN_RUN, str(pretrain_run)) for a in args]
         checkpoint = run(tmp_path / f"run{index}", *args)  # the doc's own command ends in debug=smoke
         assert networks(checkpoint) == expected[stage]
         generator = checkpoint["hyper_parameters"]["model"]["generator"]
         assert generator == {"_target_": "my_nets.TinySR", "channels": 4, "scale": 4}
+    # the GAN stage started from the PSNR stage's generator (model.init_from: its tensors, loaded strictly)
+    full_args = commands[1]
+    assert f"model.init_from={PRETRAIN_RUN}/checkpoints/last.ckpt" in full_args
+    started = build_module(
+        compose_config([a.replace(PRETRAIN_RUN, str(pretrain_run)) for a in full_args])
+    ).generator
+    pretrain = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key, value in started.state_dict().items():
+        assert torch.equal(value, pretrain[f"generator.{key}"]), key
     assert not (config_dir() / "model" / "tiny.yaml").exists()  # nothing of it is in the package

@@ -72,7 +72,7 @@ from dgggan_pl.startup import REFUSALS, Claim, agree_start, claim_run
 from dgggan_pl.utils.atomic import write_text_atomic
 from dgggan_pl.utils.exits import exit_on_signals, exit_status, interruption_line, report_interruption
 from dgggan_pl.utils.noise import silence_dependency_noise
-from dgggan_pl.weights import load_generator, load_state_dict_strict
+from dgggan_pl.weights import load_generator_state, load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ def build_module(cfg: DictConfig, objective: ObjectiveSpec | None = None) -> DGG
     module = DGGGANModule(**containers, seed=int(cfg.seed), **set_names, objective=objective)
     init_from = cfg.model.get("init_from")
     if init_from:
-        source, _ = load_generator(init_from)
-        load_state_dict_strict(module.generator, source.state_dict(), init_from)
+        load_state_dict_strict(module.generator, load_generator_state(init_from), init_from)
         if module.generator_ema is not None:
             module.generator_ema.load_state_dict(module.generator.state_dict())
         log.info("generator initialised from %s", init_from)

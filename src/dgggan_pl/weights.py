@@ -354,10 +354,19 @@ def load_stored(
     return StoredGenerator(generator, config, ema)
 
 
+def load_generator_state(
+    path: str | os.PathLike, *, use_ema: bool | None = None, map_location: Any = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The generator tensors stored in `path` (as `load_stored` reads them, every one finite), without building
+    the network they came from: training's `model.init_from` loads them strictly into the generator its own
+    config builds, so any architecture (one outside this package included) can start from its PSNR stage."""
+    return _read_generator(pretrained_path(path), use_ema, map_location)[0]
+
+
 def load_generator(
     path: str | os.PathLike, *, use_ema: bool | None = None, map_location: Any = "cpu"
 ) -> tuple[SRGenerator, dict]:
-    """`(generator, config)` of `load_stored`: the network alone (training's `init_from` starts from it)."""
+    """`(generator, config)` of `load_stored`: the network alone."""
     stored = load_stored(path, use_ema=use_ema, map_location=map_location)
     return stored.generator, stored.config
 
