@@ -11,6 +11,7 @@ the model layer's (`dgggan_pl.SRModel`); the constructor's arguments are recorde
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, cast, get_args
 
@@ -230,6 +231,11 @@ class DGGGANGenerator(nn.Module):
         The network's one use of the model layer, imported only when called."""
         from dgggan_pl.sr_model import SRModel
 
+        warnings.warn(
+            "DGGGANGenerator.from_pretrained is kept for older code; use dgggan_pl.SRModel.from_pretrained",
+            FutureWarning,
+            stacklevel=2,
+        )
         model = SRModel.from_pretrained(path, use_ema=use_ema, map_location=map_location)
         if not isinstance(model.generator, cls):
             raise TypeError(f"{path}: holds a {type(model.generator).__name__}, not a {cls.__name__}")
