@@ -51,6 +51,14 @@ CASE_TIMEOUT_S = 900
 TIME_LIMIT_MIN = 9  # under 10 minutes submitit counts every USR2 as a time-out (not a preemption)
 
 
+# `python -m dgggan_pl.train ARGS` as a terminal starts it: Ctrl-C (SIGINT) raises KeyboardInterrupt even when
+# this test process was started in the background, where SIGINT is ignored and every child would inherit that.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'train'; runpy.run_module('dgggan_pl.train', run_name='__main__', alter_sys=True)"
+)
+
+
 def slurm(*argv: str) -> str:
     result = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=True)
     return result.stdout
@@ -127,7 +135,7 @@ class Sweep:
         self.root.mkdir(parents=True)
         self.dir = self.root / "sweep"
         self.started = time.monotonic()
-        argv = [sys.executable, "-m", "dgggan_pl.train", "-m", "hydra/launcher=slurm", *SMOKE, *overrides]
+        argv = [sys.executable, "-c", AS_FROM_A_TERMINAL, "-m", "hydra/launcher=slurm", *SMOKE, *overrides]
         argv.append(f"hydra.sweep.dir={self.dir}")
         self.log_path = self.root / "head.log"
         env = {**os.environ, "WANDB_MODE": "disabled", "MASTER_PORT": str(free_port()), **(env or {})}
