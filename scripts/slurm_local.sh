@@ -133,12 +133,13 @@ EOF
 
 start_accounting() {
     need_packages slurmdbd mariadb-server
-    mkdir -p "$DIR/mysql" "$DIR/mysql-run" "$DIR/lib"
-    chown mysql:mysql "$DIR/mysql" "$DIR/mysql-run"
-    mariadb-install-db --user=mysql --datadir="$DIR/mysql" --auth-root-authentication-method=socket \
-        --skip-test-db >"$DIR/log/mariadb-install.out" 2>&1
+    mkdir -p "$DIR/mysql" "$DIR/mysql-run" "$DIR/mysql-tmp" "$DIR/lib"
+    chown mysql:mysql "$DIR/mysql" "$DIR/mysql-run" "$DIR/mysql-tmp"
+    # its temporary files in a folder of its own (the mysql user may not write to the caller's $TMPDIR)
+    TMPDIR="$DIR/mysql-tmp" mariadb-install-db --user=mysql --datadir="$DIR/mysql" \
+        --auth-root-authentication-method=socket --skip-test-db >"$DIR/log/mariadb-install.out" 2>&1
     # no TCP at all: slurmdbd reaches it through the socket (MYSQL_UNIX_PORT below)
-    start mariadbd /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DIR/mysql" --skip-networking \
+    start mariadbd env TMPDIR="$DIR/mysql-tmp" /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DIR/mysql" --skip-networking \
         --socket="$DIR/mysql-run/mysqld.sock" --pid-file="$DIR/mysql-run/mariadbd.pid" --log-error="$DIR/mysql-run/mariadbd.log"
     wait_for 60 mariadbd test -S "$DIR/mysql-run/mysqld.sock"
     install -m 600 /dev/null "$DIR/etc/slurmdbd.conf"
