@@ -58,6 +58,7 @@ TINY_GENERATOR = {
     "se_reduction": 4,
 }
 NOBODY = 65534
+NAN_CELL = re.compile(r"(?<![\w/-])nan(?![\w/-])")  # Python's float nan printed as a value (not in a path)
 
 
 @dataclass
@@ -421,7 +422,7 @@ def case_nan_evaluate(cases: Cases) -> Row:
     ]
     outcome = cases.run(["-m", "dgggan_pl.evaluate", *overrides], cwd, address_limit=NAN_LIMIT_BYTES)
     _fill(row, outcome)
-    nan_rows = sum(1 for line in outcome.lines if re.search(r"\bnan\b", line, re.IGNORECASE))
+    nan_rows = sum(1 for line in outcome.lines if NAN_CELL.search(line))
     tables = sorted(p.name for p in out.glob("table*")) if out.is_dir() else []
     row.left = (
         f"{len(tables)} table file(s)" if tables else "no tables"
@@ -599,7 +600,7 @@ def all_cases(tries: int, heavy: bool) -> dict[str, Callable[[Cases], Row]]:
             c, "3c", "resume mid-epoch with data.batch_size 2 -> 4", lambda _: ["data.batch_size=4"]
         ),
         "4a": lambda c: case_slurm(
-            c, "4a", "-m hydra/launcher=slurm, no SLURM on the machine", ["hydra/launcher=slurm"]
+            c, "4a", "-m hydra/launcher=slurm where SLURM is not set up", ["hydra/launcher=slurm"]
         ),
         "4b": lambda c: case_slurm(
             c,
