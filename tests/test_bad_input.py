@@ -537,12 +537,22 @@ def _smoke_checkpoint(cfg, path: Path, batches: int = 4, batch_size: int = 2) ->
     return path
 
 
+@pytest.fixture(scope="module")
+def smoke_config():
+    """The smoke config with 16 samples per epoch, composed once for the resume tests (they copy it)."""
+    from dgggan_pl.config import compose_config
+
+    return compose_config(["debug=smoke", "data.samples_per_epoch=16"])
+
+
 @pytest.fixture
-def resumable(compose, tmp_path):
+def resumable(smoke_config, tmp_path):
     """(config resuming <tmp>/run, its checkpoints folder holding last.ckpt and best-2.ckpt)."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    cfg = compose(["debug=smoke", f"resume={run}", f"paths.output_dir={run}", "data.samples_per_epoch=16"])
+    cfg = smoke_config.copy()
+    OmegaConf.update(cfg, "resume", str(run))
+    OmegaConf.update(cfg, "paths.output_dir", str(run))
     _smoke_checkpoint(cfg, run / "checkpoints" / "best-2.ckpt", batches=2)
     _smoke_checkpoint(cfg, run / "checkpoints" / "last.ckpt")
     return cfg, run / "checkpoints"
@@ -647,6 +657,7 @@ def test_refused_resumes_leave_the_run_as_it_was_and_the_advice_continues_it(tmp
     assert record["status"] == "completed" and record["checkpoints"]["last"]["iteration"] == 8
 
 
+@pytest.mark.slow  # the whole CLI in-process (~1.5 s under load)
 def test_all_gpus_on_the_cpu_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch) -> None:
     """`trainer=ddp debug=smoke` on a machine without a GPU: devices=-1 (every GPU) with accelerator=cpu."""
     message = str(_hydra_train(monkeypatch, tmp_path, [*SMOKE, *QUIET_HYDRA, "trainer=ddp"]).code)
