@@ -220,9 +220,12 @@ def trainer_layout(cfg: Any) -> TrainerLayout:
 
     try:
         num_nodes = int(value("num_nodes"))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{NUM_NODES_KEY}={value('num_nodes')!r}: must be a positive integer") from None
+    try:
         per_node = process_count(value("devices"), value("accelerator"), "auto", torch.cuda.device_count())
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{NUM_NODES_KEY}/{DEVICES_KEY}: {error}") from None
+        raise ConfigError(str(error)) from None
     if num_nodes < 1:
         raise ConfigError(f"{NUM_NODES_KEY}={num_nodes}: must be a positive integer")
     return TrainerLayout(num_nodes, per_node, starts_in_process(value("strategy")))

@@ -145,9 +145,9 @@ def process_count(devices: Any, accelerator: Any, strategy: Any, cuda_device_cou
     if devices in ("auto", -1) and uses_gpu and cuda_device_count > 0:
         return cuda_device_count
     raise ValueError(
-        f"hydra/launcher=ddp cannot tell how many processes to start from trainer.devices={devices!r} "
-        f"(trainer.accelerator={accelerator!r}, {cuda_device_count} CUDA devices visible). Set "
-        "trainer.devices to a positive integer or a list of device ids."
+        f"trainer.devices={devices!r} names no number of processes per node here (trainer.accelerator="
+        f"{accelerator!r}, {cuda_device_count} CUDA devices visible): set trainer.devices to a positive integer "
+        "or a list of device ids (without a GPU: trainer=ddp_cpu)"
     )
 
 
