@@ -23,11 +23,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.callbacks.run_info import config_sha256
 from dgggan_pl.config import ConfigError
 from dgggan_pl.config_checks import check_config, check_objective
+from dgggan_pl.data.datamodule import SRDataModule
+from dgggan_pl.data.io import ImageFolderError
 from dgggan_pl.distributed.cluster import RankLayout
 from dgggan_pl.distributed.group import RankGroup
 from dgggan_pl.distributed.watch import RankFailure
@@ -47,7 +51,7 @@ from dgggan_pl.runs import (
     restarted_launch,
 )
 
-REFUSALS = (ConfigError, ResumeError, RunFolderError)
+REFUSALS = (ConfigError, ResumeError, RunFolderError, ImageFolderError)
 CLAIM_STEP, FOLLOW_STEP = "claim", "follow"
 _NAMED_DIFFERENCES = 3  # a config mismatch names at most this many keys
 
@@ -56,12 +60,14 @@ _NAMED_DIFFERENCES = 3  # a config mismatch names at most this many keys
 class Claim:
     """What this rank starts with: the checkpoint to resume from (rank 0's decision, on every rank), whether the
     attempt continues a run in its folder, rank 0's lock on the folder (other ranks: none), and the objective
-    parsed from `cfg.loss` (`config_checks.check_objective`)."""
+    parsed from `cfg.loss` (`config_checks.check_objective`), and the datamodule with its training and
+    validation sets built (`prepare_data`)."""
 
     ckpt_path: str | None = None
     continuing: bool = False
     lock: RunLock | None = None
     objective: ObjectiveSpec | None = None
+    datamodule: SRDataModule | None = None
 
     def release(self) -> None:
         if self.lock is not None:
@@ -89,6 +95,20 @@ def choose_checkpoint(cfg: DictConfig, output_dir: Path) -> tuple[str | None, bo
     return path, path is not None
 
 
+def prepare_data(cfg: DictConfig) -> SRDataModule:
+    """`cfg.data` with its training and validation sets built, so that unreadable training images, or images
+    smaller than the crop, are skipped and listed, or refused in one line, before any run record is written
+    (not mid-fit); `fit` reuses it (its `setup` builds nothing twice)."""
+    try:
+        datamodule = instantiate(cfg.data)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError | ImageFolderError):
+            raise error.__cause__ from None
+        raise
+    datamodule.setup("fit")
+    return datamodule
+
+
 def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
     """Step 1 on this rank; raises its refusal (`REFUSALS`). Rank 0's claim holds the folder's lock."""
     try:
@@ -97,11 +117,12 @@ def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
         # once, here: the config checks, the warning, the module and the step budget receive that spec.
         objective = check_objective(cfg)
         check_config(cfg, objective=objective)
+        datamodule = prepare_data(cfg)
         if not layout.is_zero:
-            return Claim(objective=objective)
+            return Claim(objective=objective, datamodule=datamodule)
         ckpt_path, continuing = choose_checkpoint(cfg, output_dir)
         check_resume(cfg, ckpt_path, layout.world_size)  # a checkpoint this config cannot continue: one line
-    except (ConfigError, ResumeError):
+    except (ConfigError, ResumeError, ImageFolderError):
         if layout.is_zero and cfg.get("ckpt_path") is None:
             discard_unused_run_dir(output_dir)  # the folder Hydra made for this attempt holds nothing else
         raise
@@ -111,7 +132,7 @@ def claim_run(cfg: DictConfig, output_dir: Path, layout: RankLayout) -> Claim:
     except RunFolderError:
         lock.release()
         raise
-    return Claim(ckpt_path, continuing, lock, objective)
+    return Claim(ckpt_path, continuing, lock, objective, datamodule)
 
 
 def _raise_first_refusal(

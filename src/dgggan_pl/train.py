@@ -252,11 +252,13 @@ def run_fit_and_test(
     unavailable: Mapping[str, str],
     record: RunRecord | None = None,
     objective: ObjectiveSpec | None = None,
+    datamodule: SRDataModule | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, then test the selected and the last checkpoint; returns the final metrics (those of the selected
     checkpoint's test) and the checkpoint record for run_info.json (`record` also gets the training images
-    that were skipped as unreadable)."""
-    datamodule: SRDataModule = instantiate(cfg.data)
+    that were skipped as unreadable). `datamodule`: `cfg.data` as start-up built it (`startup.prepare_data`)."""
+    if datamodule is None:
+        datamodule = instantiate(cfg.data)
     module = build_module(cfg, objective)
     callbacks = [
         *instantiate_callbacks(cfg.get("callbacks"), unavailable),
@@ -407,7 +409,7 @@ def _train_in_run_dir(cfg: DictConfig, output_dir: Path, claim: Claim, group: Ra
         loggers = instantiate_loggers(cfg.get("logger"), resume=claim.ckpt_path is not None)
         record_unavailable(loggers, unavailable)
         metrics, checkpoints = run_fit_and_test(
-            cfg, output_dir, loggers, claim.ckpt_path, unavailable, record, claim.objective
+            cfg, output_dir, loggers, claim.ckpt_path, unavailable, record, claim.objective, claim.datamodule
         )
     except BaseException as error:
         reported = group.failure_of(error)  # the others stop too; theirs, if another rank failed first

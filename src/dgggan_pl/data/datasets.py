@@ -153,7 +153,8 @@ def usable_images(
     paths: Sequence[Path], min_sizes: Sequence[int], max_unreadable: int, where: str
 ) -> tuple[list[int], list[str]]:
     """Indices of `paths` that `probe_image` can open and that hold the crop (`min_sizes[i]` pixels a side), and
-    `"<path>: <reason>"` for each one skipped (each logged).
+    `"<path>: <reason>"` for each one skipped (each logged once the run is known to go on: a refusal is the one
+    line of `check_skipped`).
 
     Raises `ImageFolderError` when more than `max_unreadable` are skipped, or all of them: a damaged copy of a
     data set (or a crop larger than its photos) should stop the run before it starts, a few bad files among
@@ -171,9 +172,10 @@ def usable_images(
                 usable.append(index)
                 continue
             reason = _too_small_reason(path, size, min_size)
-        log.warning("skipped training image %s", reason)
         skipped.append(reason)
     check_skipped(skipped, len(paths), max_unreadable, where)
+    for reason in skipped:
+        log.warning("skipped training image %s", reason)
     return usable, skipped
 
 
