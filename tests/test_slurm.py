@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.config import config_dir
 from dgggan_pl.launch import slurm_queue
-from dgggan_pl.launch.summary import JobRecord, SweepError
+from dgggan_pl.launch.summary import JobRecord, SweepError, failures
 from dgggan_pl.runs import register_resolvers
 from dgggan_pl.sweep_results import job_result
 from hydra_plugins.dgggan_launchers.slurm_launcher import SlurmDDPLauncher
@@ -318,3 +318,21 @@ def test_requeued_and_cancelled_jobs_in_the_report(tmp_path: Path) -> None:
     )
     result = job_result(None, gone)
     assert result.status == "failed" and "7_1" in (result.error or "")
+
+
+def test_the_sweep_error_is_one_line(tmp_path: Path) -> None:
+    """A failed job's error may span lines (Hydra's InstantiationException) or hold a whole stderr (submitit):
+    the sweep's error stays one line; sweep_summary.json keeps every job's error in full."""
+    jobs = [
+        JobRecord(num=0, overrides=["a=1"], status="completed"),
+        JobRecord(
+            num=1, overrides=["a=2"], status="failed", error="Error in call to target:\nValueError('bad')"
+        ),
+        JobRecord(num=2, overrides=["a=3"], status="cancelled", error="x" * 1000),
+    ]
+    error = failures(jobs, tmp_path)
+    assert error is not None and failures(jobs[:1], tmp_path) is None
+    assert error.code == (
+        "error: 2 of 3 sweep jobs failed: #1 (a=2): Error in call to target: ValueError('bad'); "
+        f"#2 (a=3): {'x' * 396} .... Each job's status, folder and exit code: {tmp_path / 'sweep_summary.json'}"
+    )

@@ -24,6 +24,7 @@ SUMMARY_FILE = "sweep_summary.json"
 PENDING, SUBMITTED, RUNNING = "pending", "submitted", "running"
 COMPLETED, FAILED, INTERRUPTED, NOT_STARTED = "completed", "failed", "interrupted", "not started"
 CANCELLED, LOST = "cancelled", "lost"
+ERROR_CHARS = 400  # of each failed job's error in the sweep's one-line error
 
 
 class SweepError(SystemExit):
@@ -96,6 +97,13 @@ def failures(jobs: Sequence[JobRecord], sweep_dir: Path) -> SweepJobsFailed | No
         return None
     return SweepJobsFailed(
         f"{len(failed)} of {len(jobs)} sweep jobs failed: "
-        + "; ".join(f"{job.label()}: {job.error}" for job in failed)
+        + "; ".join(f"{job.label()}: {_in_one_line(job.error)}" for job in failed)
         + f". Each job's status, folder and exit code: {sweep_dir / SUMMARY_FILE}"
     )
+
+
+def _in_one_line(error: str | None) -> str:
+    """A job's error on one line, at most ERROR_CHARS long (the summary keeps all of it: a SLURM job's error
+    can hold its whole stderr)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 4] + " ..."
