@@ -3,11 +3,15 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# VENV=<a venv made elsewhere> installs THIS checkout into it (editable, when pyproject.toml is newer than its
+# stamp): to run another clone's tests with a borrowed venv without re-pointing it, pass a stamp of your own too
+# (`touch /tmp/my.stamp; PYTHONPATH=<clone>/src make test-slurm VENV=<venv> STAMP=/tmp/my.stamp`: make reinstalls when the
+# stamp is missing or older than pyproject.toml).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Users bring their own CUDA build: `make install TORCH_SPEC="torch torchvision --index-url ..."`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-STAMP := $(VENV)/.install-stamp
+STAMP ?= $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
 help: ## Show the targets
