@@ -14,7 +14,7 @@ stderr into one stream. A row gives the exit status, the number of lines printed
 case left behind (run folders and their recorded status, files written). Tiny sizes throughout (`debug=smoke`,
 `logger=csv`, a C = 8 generator). Cases that need a read-only folder run as user `nobody` when this script runs
 as root (root writes anywhere). `--heavy` adds the 12000x8000 upscale (minutes; peak RSS).
-$DGGGAN_DATA_DIR (default: `../shared/data` beside the checkout, as the tests) supplies Set5 for `evaluate`.
+$DGGGAN_DATA_DIR (default: `data/` in this checkout, as conf/paths) supplies Set5 for `evaluate`.
 """
 
 from __future__ import annotations
@@ -687,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compare:
         print(compare(*args.compare))
         return 0
-    data_dir = Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    data_dir = Path(os.environ.get("DGGGAN_DATA_DIR", REPO_ROOT / "data"))
     chosen = all_cases(args.tries, args.heavy)
     unknown = sorted(set(args.only or ()) - set(chosen))
     if unknown:
