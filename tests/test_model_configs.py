@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dgggan_pl.config import config_dir
+from dgggan_pl.config import ConfigError, config_dir
+from dgggan_pl.config_checks import check_generator_arguments
 from dgggan_pl.models.blocks import SqueezeExcitation
 from dgggan_pl.models.critic import VGGCritic
 from dgggan_pl.models.generator import DGGGANGenerator, SRBranch
@@ -87,6 +88,20 @@ def test_ablations_are_dgggans_own_and_name_their_key_elsewhere(
     with pytest.raises(InstantiationException, match=ABLATION_KEYS[ablation]) as info, torch.device("meta"):
         instantiate(cfg.model.generator)
     assert "model.generator" in str(info.value)
+    # ... and a run refuses it before anything is written, in one line naming the key and the ablation
+    with pytest.raises(ConfigError) as refused:
+        check_generator_arguments(cfg)
+    message = str(refused.value)
+    assert message.startswith(f"model.generator.{ABLATION_KEYS[ablation]}: ") and "\n" not in message
+    assert f"ablation={ablation} sets it" in message
+
+
+def test_a_key_the_generator_does_not_take_is_named_with_its_arguments(compose: Compose) -> None:
+    check_generator_arguments(compose(["model=dgggan"]))  # every key of the shipped config is an argument
+    with pytest.raises(
+        ConfigError, match=r"^model.generator.chanels: .*DGGGANGenerator takes no such argument"
+    ):
+        check_generator_arguments(compose(["++model.generator.chanels=3"]))
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,6 +90,7 @@ def check_config(
     if OmegaConf.select(cfg, "trainer.max_steps", default=None) is not None:
         raise ConfigError(MAX_STEPS_MESSAGE)
     check_crop(cfg, objective)
+    check_generator_arguments(cfg)
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -145,6 +147,41 @@ def check_crop(cfg: DictConfig, objective: ObjectiveSpec | None = None) -> None:
             if not isinstance(cause, ValueError):
                 raise
             raise ConfigError(f"hr_patch_size={size}: model.{name}: {cause}") from None
+
+
+_HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_convert_", "_partial_", "_args_"})
+
+
+def check_generator_arguments(cfg: DictConfig) -> None:
+    """Every `model.generator.<key>` must be an argument of the class it builds: a key another generator takes
+    (an ablation of DGGGAN's branches on `model=rrdbnet`, a typo) is named in one line instead of Hydra's
+    instantiation traceback. A class that cannot be imported here, or that takes `**kwargs`, is left to Hydra."""
+    node = OmegaConf.select(cfg, "model.generator", default=None)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    from hydra.utils import get_class  # imports the generator's module: only where a config names one
+
+    target = str(node._target_)
+    try:
+        parameters = inspect.signature(get_class(target)).parameters.values()
+    except Exception:  # noqa: BLE001  (an unimportable class: instantiating it says why)
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {p.name for p in parameters}
+    unknown = [str(key) for key in node if key not in accepted and key not in _HYDRA_KEYS]
+    if not unknown:
+        return
+    ablation = OmegaConf.select(cfg, "ablation.name", default=None)
+    hint = (
+        f"; ablation={ablation} sets it: the ablations change DGGGAN's generator, use ablation=none with this model"
+        if ablation not in (None, "none")
+        else "; remove it or choose the model that takes it"
+    )
+    raise ConfigError(
+        f"model.generator.{unknown[0]}: {target} takes no such argument (it takes: {', '.join(sorted(accepted))})"
+        + hint
+    )
 
 
 INIT_FROM_KEY = "model.init_from"
