@@ -210,6 +210,41 @@ def test_a_failure_on_one_rank_ends_the_other(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / ".run.lock").exists()
 
 
+def test_rank_zero_failing_first_under_torchrun_records_the_failure(tmp_path: Path) -> None:
+    """Rank 0 fails first and waits for rank 1 to read its abort; rank 1 ends, and torchrun's agent SIGTERMs
+    rank 0 during that wait. The run is still recorded as failed with rank 0's error (it stayed `running`)."""
+    run = tmp_path / "run"
+    fault = "+callbacks.fault={_target_:rank_faults.FailOnRank,rank:0,batch:1}"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "dgggan_pl.train", *TRAIN, *TIMEOUTS, "trainer=ddp_cpu", fault, f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    node = start(command, node_env(), tmp_path, "torchrun")
+    assert finish([node]) != [0]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "failed" and "injected failure on rank 0 at batch 1" in info["error"]
+    assert not (run / ".run.lock").exists()
+
+
+def test_a_child_rank_killed_without_a_word_ends_its_parent_which_records_it(tmp_path: Path) -> None:
+    """`trainer=ddp_cpu` from one command: rank 0 starts rank 1 itself. Rank 1 is SIGKILLed while rank 0 is
+    outside any collective: rank 0's watcher names it and records the run failed (Lightning's observer used to
+    SIGKILL rank 0 before it could, leaving run_info.json `running` and the lock behind)."""
+    run = tmp_path / "run"
+    fault = "+callbacks.fault={_target_:rank_faults.KillOnRank,rank:1,batch:2,others_wait_s:60}"
+    command = [sys.executable, "-m", "dgggan_pl.train", *TRAIN, *TIMEOUTS, "trainer=ddp_cpu", fault]
+    node = start([*command, f"hydra.run.dir={run}"], node_env(), tmp_path, "parent")
+    assert finish([node]) == [128 + signal.SIGKILL]
+    assert node.seconds < RUN_BUDGET_S
+    line = node.error_lines()[-1]
+    assert line.startswith("error: stopped because rank 1 (pid ") and line.endswith(
+        " was killed by SIGKILL without saying why"
+    )
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "failed" and "rank 1" in info["error"] and "SIGKILL" in info["error"]
+    assert not (run / ".run.lock").exists()
+
+
 def test_sigterm_ends_a_rank_blocked_in_a_collective(tmp_path: Path) -> None:
     """Rank 1 paused (SIGSTOP) leaves rank 0 waiting in its next all-reduce, where no Python signal handler
     runs; SIGTERM still ends it (143), and rank 1, resumed, stops too instead of waiting for the timeout."""

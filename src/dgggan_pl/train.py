@@ -412,10 +412,17 @@ def _train_in_run_dir(cfg: DictConfig, output_dir: Path, claim: Claim, group: Ra
             cfg, output_dir, loggers, claim.ckpt_path, unavailable, record, claim.objective, claim.datamodule
         )
     except BaseException as error:
-        reported = group.failure_of(error)  # the others stop too; theirs, if another rank failed first
-        record.fail(reported)
-        close_loggers(loggers, failed=True)
-        _announce(output_dir, "failed")
+        # Recorded before the others are told: once they end, torchrun's agent stops this rank too (SIGTERM),
+        # possibly while rank 0 still waits for them to read its abort (`RankGroup.abort`).
+        record.fail(error)
+        reported: BaseException = error
+        try:
+            reported = group.failure_of(error)  # the others stop too; theirs, if another rank failed first
+            if reported is not error:
+                record.fail(reported)
+        finally:
+            close_loggers(loggers, failed=True)
+            _announce(output_dir, "failed")
         if reported is not error:
             raise reported from error
         raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -244,16 +245,36 @@ def adopt_rank(layout: RankLayout) -> None:
         os.environ["RANK"] = str(layout.global_rank)  # as torchrun sets it: Lightning's log prefixes read it
 
 
+_node_children: list[subprocess.Popen] = []  # the processes `start_node_processes` started on this node
+
+
 def start_node_processes(shape: TrainerLayout) -> RankLayout:
     """Run Lightning's own launcher now instead of inside `fit`: it starts this node's other processes (the
-    same command, with `LOCAL_RANK` and Hydra's `hydra.run.dir` of this process) and watches them, and sets
-    this process's `LOCAL_RANK=0`, so that every rank takes part in the start-up agreement and the Trainer
-    later finds the processes started. Returns this process's layout from then on."""
+    same command, with `LOCAL_RANK` and Hydra's `hydra.run.dir` of this process), and sets this process's
+    `LOCAL_RANK=0`, so that every rank takes part in the start-up agreement and the Trainer later finds the
+    processes started. Returns this process's layout from then on.
+
+    Lightning's launcher also starts a thread that SIGKILLs this process within 5 s of a child's non-zero exit,
+    often before this rank has recorded the run as failed (`run_info.json` left `running`). It is not started
+    here: `watch.RankWatch` watches the children (`node_children`) and ends this rank through its exit hook,
+    which records the failure, when one ends without publishing why."""
     from lightning.fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 
     launcher = _SubprocessScriptLauncher(LightningEnvironment(), shape.devices_per_node, shape.num_nodes)
-    launcher.launch(lambda: None)
+    launcher.cluster_environment.validate_settings(
+        num_devices=shape.devices_per_node, num_nodes=shape.num_nodes
+    )
+    if not launcher.cluster_environment.creates_processes_externally:
+        launcher._call_children_scripts()  # what `launcher.launch` does, less `_launch_process_observer`
+        _node_children[:] = launcher.procs
+    _set_num_threads_if_needed(num_processes=shape.devices_per_node)
     return shape.layout()
+
+
+def node_children() -> list[subprocess.Popen]:
+    """The other processes of this node that this process started (empty unless `start_node_processes` ran)."""
+    return list(_node_children)
 
 
 def process_group_backend(cfg: Any) -> str:

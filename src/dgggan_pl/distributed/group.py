@@ -29,7 +29,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from dgggan_pl.distributed.cluster import RankLayout, cluster_environment
+from dgggan_pl.distributed.cluster import RankLayout, cluster_environment, node_children
 from dgggan_pl.distributed.watch import (
     ABORT_KEY,
     Abort,
@@ -73,6 +73,7 @@ class RankGroup:
         self.watch: RankWatch | None = None
         self._base_store: dist.Store | None = None
         self._abort_client: dist.Store | None = None
+        self._lingered = False  # rank 0 waits once after publishing its abort, however often it is asked
 
     @property
     def rank(self) -> int:
@@ -109,6 +110,7 @@ class RankGroup:
         self._abort_client = dist.PrefixStore(f"{KEY_PREFIX}/{attempt}", client)
         # The watcher's own connection: never queued behind a wait of the main thread on the store.
         self.watch.read_abort, self.watch.publish = self.peer_abort, self.abort
+        self.watch.children = node_children()
 
     def exchange(self, name: str, value: Any) -> list[Any]:
         """Every rank's JSON `value` for step `name`, in rank order: an all-gather through the store, each wait
@@ -164,7 +166,8 @@ class RankGroup:
         except RuntimeError as gone:
             seen = self.watch.seen if self.watch is not None else None
             return seen if seen is not None or self.rank == 0 else lost_contact(gone)
-        if first.rank == self.rank and self.rank == 0:
+        if first.rank == self.rank == 0 and not self._lingered:
+            self._lingered = True
             time.sleep(_ABORT_LINGER_INTERVALS * self.settings.watch_interval_s)  # the others read it first
         return first
 

@@ -16,6 +16,9 @@ daemon thread beside the training:
   `stop_grace_s` unless they received a stop signal themselves (SLURM, torchrun and Ctrl+C signal every rank:
   each then stops on its own, e.g. after saving a requeue checkpoint). Losing the store (rank 0's process is
   gone) ends the rank too.
+- **this node's child processes** (the ranks `cluster.start_node_processes` started): one that ends non-zero
+  without any abort published (killed, out of memory, a crash below Python) ends this rank as well, naming it.
+  This replaces Lightning's observer thread, which SIGKILLed the parent before it could record the run.
 
 Before the process ends, a rank ended for its own stop signal publishes its abort too (`publish`), and
 `exit_hook` (set by `dgggan_pl.train`) records the run as failed, releases its lock and returns the line to
@@ -29,6 +32,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -146,6 +150,9 @@ class RankWatch(threading.Thread):
         self.exit_hook: ExitHook | None = None
         self.stop_signal: int | None = None
         self.seen: Abort | None = None  # another rank's abort, once read
+        self.any_abort = False  # some rank (this one included) published an abort: its line says why
+        self.children: list[subprocess.Popen] = []  # set by the group: this node's ranks this process started
+        self._child_ended_since: float | None = None
         self._stopping = threading.Event()
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
@@ -190,6 +197,7 @@ class RankWatch(threading.Thread):
             if self.stop_signal is not None:
                 self._check_main_thread()
             self._check_peers()
+            self._check_children()
 
     def _read_signals(self) -> None:
         with contextlib.suppress(OSError):
@@ -219,7 +227,10 @@ class RankWatch(threading.Thread):
                 failure = (self.seen or lost_contact(error)).failure()
                 self.end(failure, failure.status)
             return
-        if abort is None or abort.rank == self.rank:
+        if abort is None:
+            return
+        self.any_abort = True
+        if abort.rank == self.rank:
             return
         self.seen = abort
         if abort.kind == STOPPED:
@@ -230,6 +241,27 @@ class RankWatch(threading.Thread):
             if now - self._peer_stopped_since < self.stop_grace_s:
                 return
         failure = abort.failure()
+        self.end(failure, failure.status)
+
+    def _check_children(self) -> None:
+        """End this rank when a child rank ended non-zero and no rank published why within two watch intervals
+        (a child that fails in Python publishes before it exits; one stopped with this rank is left to it)."""
+        if not self.children or self.any_abort or self.stop_signal is not None or self._stopping.is_set():
+            return
+        ended = [(local, child) for local, child in enumerate(self.children, start=1) if child.poll()]
+        if not ended:
+            return
+        now = time.monotonic()
+        self._child_ended_since = self._child_ended_since or now
+        if now - self._child_ended_since < 2 * self.interval_s:
+            return
+        local, child = ended[0]
+        code = int(child.returncode)
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        status = SIGNAL_EXIT_BASE - code if code < 0 else code
+        failure = RankFailure(
+            f"stopped because rank {self.rank + local} (pid {child.pid}) {how} without saying why", status
+        )
         self.end(failure, failure.status)
 
     def end(self, error: BaseException, status: int) -> None:
