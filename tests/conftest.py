@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from omegaconf import DictConfig
 from dgggan_pl.config import compose_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Ctrl+C as a terminal delivers it: a suite started in the background (`make test &`, nohup) inherits SIGINT
+# ignored, and so would every CLI it starts, so the tests of what SIGINT does would see nothing happen.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 DATA_ENV = "DGGGAN_DATA_DIR"
 REQUIRE_ENV = "DGGGAN_REQUIRE_DATA"
 

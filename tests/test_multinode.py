@@ -229,7 +229,7 @@ def test_rank_zero_failing_first_under_torchrun_records_the_failure(tmp_path: Pa
 def test_a_child_rank_killed_without_a_word_ends_its_parent_which_records_it(tmp_path: Path) -> None:
     """`trainer=ddp_cpu` from one command: rank 0 starts rank 1 itself. Rank 1 is SIGKILLed while rank 0 is
     outside any collective: rank 0's watcher names it and records the run failed (Lightning's observer used to
-    SIGKILL rank 0 before it could, leaving run_info.json `running` and the lock behind)."""
+    SIGKILL rank 0 as well, before it could: exit -9 and no line)."""
     run = tmp_path / "run"
     fault = "+callbacks.fault={_target_:rank_faults.KillOnRank,rank:1,batch:2,others_wait_s:60}"
     command = [sys.executable, "-m", "dgggan_pl.train", *TRAIN, *TIMEOUTS, "trainer=ddp_cpu", fault]
@@ -238,11 +238,36 @@ def test_a_child_rank_killed_without_a_word_ends_its_parent_which_records_it(tmp
     assert node.seconds < RUN_BUDGET_S
     line = node.error_lines()[-1]
     assert line.startswith("error: stopped because rank 1 (pid ") and line.endswith(
-        " was killed by SIGKILL without saying why"
+        " was killed by SIGKILL before it could tell the others why"
     )
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "failed" and "rank 1" in info["error"] and "SIGKILL" in info["error"]
     assert not (run / ".run.lock").exists()
+
+
+def test_a_child_rank_that_dies_before_the_rendezvous_ends_its_parent_at_once(tmp_path: Path) -> None:
+    """Rank 1 (started by rank 0) exits before it meets rank 0 (tests/early_exit/sitecustomize.py): rank 0
+    leaves the rendezvous in seconds, not after `startup_timeout_s`, naming rank 1, and the new run folder and its
+    lock are gone."""
+    run = tmp_path / "run"
+    env = node_env(DGGGAN_TEST_EXIT_LOCAL_RANK=1)
+    env["PYTHONPATH"] = f"{TESTS_DIR / 'early_exit'}{os.pathsep}{env['PYTHONPATH']}"
+    command = [
+        sys.executable,
+        "-m",
+        "dgggan_pl.train",
+        *TRAIN,
+        *TIMEOUTS,
+        "trainer=ddp_cpu",
+        f"hydra.run.dir={run}",
+    ]
+    node = start(command, env, tmp_path, "parent")
+    assert finish([node]) == [3]
+    line = node.error_lines()[-1]
+    assert line.startswith("error: stopped because rank 1 (pid ") and line.endswith(
+        " exited with status 3 before it could tell the others why"
+    )
+    assert not run.exists()
 
 
 def test_sigterm_ends_a_rank_blocked_in_a_collective(tmp_path: Path) -> None:

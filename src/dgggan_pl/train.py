@@ -337,9 +337,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         layout = start_node_processes(shape)
     adopt_rank(layout)
     completed = False
+
+    def before_the_start(error: BaseException) -> str:
+        """The watcher ends this rank before the ranks agreed to start (a child rank that died, a stop signal in
+        the rendezvous): rank 0's lock goes, and a new run's folder with it."""
+        if claim is not None:
+            claim.abandon(output_dir)
+        return _exit_line(error, "nothing of the run was written yet")
+
     try:
-        group = join(layout, GroupSettings.from_config(cfg.distributed))
-        group.set_exit_hook(lambda error: _exit_line(error, "nothing of the run was written yet"))
+        group = join(layout, GroupSettings.from_config(cfg.distributed), exit_hook=before_the_start)
         claim = agree_start(group, cfg, output_dir, claim, refusal)
         metrics = _train_agreed(cfg, output_dir, claim, group)
         completed = True

@@ -74,6 +74,7 @@ class RankGroup:
         self._base_store: dist.Store | None = None
         self._abort_client: dist.Store | None = None
         self._lingered = False  # rank 0 waits once after publishing its abort, however often it is asked
+        self._exit_hook: ExitHook | None = None
 
     @property
     def rank(self) -> int:
@@ -88,6 +89,10 @@ class RankGroup:
         if not self.layout.distributed or self.store is not None:
             return
         self.watch = RankWatch(self.rank, self.settings.stop_grace_s, self.settings.watch_interval_s)
+        self.watch.exit_hook = self._exit_hook
+        self.watch.children = (
+            node_children()
+        )  # a child that dies before it meets the others ends this rank too
         self.watch.start()  # from here a stop signal ends a rank stuck waiting for the others
         environment = cluster_environment()
         host, port = environment.main_address, environment.main_port
@@ -110,7 +115,6 @@ class RankGroup:
         self._abort_client = dist.PrefixStore(f"{KEY_PREFIX}/{attempt}", client)
         # The watcher's own connection: never queued behind a wait of the main thread on the store.
         self.watch.read_abort, self.watch.publish = self.peer_abort, self.abort
-        self.watch.children = node_children()
 
     def exchange(self, name: str, value: Any) -> list[Any]:
         """Every rank's JSON `value` for step `name`, in rank order: an all-gather through the store, each wait
@@ -143,6 +147,7 @@ class RankGroup:
 
     def set_exit_hook(self, hook: ExitHook | None) -> None:
         """What the watcher does before it ends this process (record the run, release its lock, the line)."""
+        self._exit_hook = hook
         if self.watch is not None:
             self.watch.exit_hook = hook
 
@@ -212,14 +217,17 @@ class RankGroup:
 _joined: list[RankGroup] = []  # this process's group, kept between the run folder's resolver and `train`
 
 
-def join(layout: RankLayout, settings: GroupSettings) -> RankGroup:
-    """The group of this launch, meeting the other ranks the first time it is asked for."""
+def join(layout: RankLayout, settings: GroupSettings, exit_hook: ExitHook | None = None) -> RankGroup:
+    """The group of this launch, meeting the other ranks the first time it is asked for; `exit_hook` is the
+    watcher's (`RankGroup.set_exit_hook`) from the rendezvous on."""
     if _joined and _joined[0].layout == layout:
         group = _joined[0]
     else:
         leave_joined(completed=False)
         group = RankGroup(layout, settings)
         _joined.append(group)
+    if exit_hook is not None:
+        group.set_exit_hook(exit_hook)
     try:
         group.rendezvous()
     except BaseException:

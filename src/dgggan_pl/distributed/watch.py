@@ -17,7 +17,8 @@ daemon thread beside the training:
   each then stops on its own, e.g. after saving a requeue checkpoint). Losing the store (rank 0's process is
   gone) ends the rank too.
 - **this node's child processes** (the ranks `cluster.start_node_processes` started): one that ends non-zero
-  without any abort published (killed, out of memory, a crash below Python) ends this rank as well, naming it.
+  without any abort published (killed, out of memory, a crash below Python, a failure before the rendezvous)
+  ends this rank as well, naming it.
   This replaces Lightning's observer thread, which SIGKILLed the parent before it could record the run.
 
 Before the process ends, a rank ended for its own stop signal publishes its abort too (`publish`), and
@@ -260,7 +261,8 @@ class RankWatch(threading.Thread):
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         status = SIGNAL_EXIT_BASE - code if code < 0 else code
         failure = RankFailure(
-            f"stopped because rank {self.rank + local} (pid {child.pid}) {how} without saying why", status
+            f"stopped because rank {self.rank + local} (pid {child.pid}) {how} before it could tell the others why",
+            status,
         )
         self.end(failure, failure.status)
 
