@@ -15,11 +15,13 @@ MESSAGE = "injected failure on rank {rank} at batch {batch}"
 
 
 class FailOnRank(Callback):
-    def __init__(self, rank: int, batch: int) -> None:
-        self.rank, self.batch = rank, batch
+    """`when`/`equals` limit it to some jobs of a sweep: `when:${ablation.name},equals:no_grad` fails only there."""
+
+    def __init__(self, rank: int, batch: int, when: object = None, equals: object = None) -> None:
+        self.rank, self.batch, self.armed = rank, batch, when == equals
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_rank == self.rank and batch_idx == self.batch:
+        if self.armed and trainer.global_rank == self.rank and batch_idx == self.batch:
             raise RuntimeError(MESSAGE.format(rank=self.rank, batch=self.batch))
 
 

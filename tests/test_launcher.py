@@ -31,6 +31,7 @@ from dgggan_pl.launch.commands import (
 )
 from dgggan_pl.launch.devices import device_changes, gpu_slots, visible_gpu_ids
 from dgggan_pl.launch.rank_entry import app_job_name, rank_overrides
+from dgggan_pl.launch.runner import failed_job_left
 from dgggan_pl.launch.summary import SweepJobsFailed, read_summary
 
 
@@ -216,6 +217,17 @@ def test_toy_sweep_runs_each_job_fresh_and_reports_failure(tmp_path: Path) -> No
         assert record["group"] == str(sweep) and record["mode"] == "RunMode.RUN"
         assert (path.parent / ".hydra" / "overrides.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.py", "conf", "sweep"]  # one sweep folder
+
+
+def test_a_failed_job_points_to_what_it_left(tmp_path: Path) -> None:
+    recorded, bare = tmp_path / "recorded", tmp_path / "bare"
+    recorded.mkdir()
+    (recorded / "run_info.json").write_text("{}")
+    bare.mkdir()
+    assert failed_job_left(str(recorded)) == f"its log and run_info.json: {recorded}"
+    assert failed_job_left(str(bare)) == f"it wrote no run_info.json; its folder: {bare}"
+    gone = "it refused to start and kept no folder: its own error line is in the output above"
+    assert failed_job_left(str(tmp_path / "removed")) == gone and failed_job_left(None) == gone
 
 
 def test_a_job_that_cannot_be_composed_fails_alone(tmp_path: Path) -> None:

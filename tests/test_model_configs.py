@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dgggan_pl.config import ConfigError, config_dir
-from dgggan_pl.config_checks import check_generator_arguments
+from dgggan_pl.config_checks import check_generator_arguments, check_generator_builds
 from dgggan_pl.models.blocks import SqueezeExcitation
 from dgggan_pl.models.critic import VGGCritic
 from dgggan_pl.models.generator import DGGGANGenerator, SRBranch
@@ -102,6 +102,19 @@ def test_a_key_the_generator_does_not_take_is_named_with_its_arguments(compose: 
         ConfigError, match=r"^model.generator.chanels: .*DGGGANGenerator takes no such argument"
     ):
         check_generator_arguments(compose(["++model.generator.chanels=3"]))
+
+
+def test_a_value_the_generator_refuses_is_one_line_before_the_run(compose: Compose) -> None:
+    check_generator_builds(compose(["debug=smoke"]))
+    with pytest.raises(ConfigError) as refused:
+        check_generator_builds(compose(["debug=smoke", "model.generator.se_reduction=16"]))
+    assert str(refused.value) == (
+        "model.generator: se_reduction=16 leaves no hidden channel for channels=8; "
+        "set model.generator.se_reduction <= channels"
+    )
+    check_generator_builds(
+        compose(["debug=smoke", "ablation=no_se", "model.generator.se_reduction=16"])
+    )  # no SE
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

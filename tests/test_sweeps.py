@@ -119,11 +119,9 @@ def test_ablation_sweep_runs_each_job_on_all_ranks(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_failed_job_is_reported_and_the_other_completes(tmp_path: Path) -> None:
-    # se_reduction=16 leaves no SE hidden channel at the smoke width (8): an invalid value for every job
-    # that builds SE blocks (no_grad), ignored by no_se, which has none.
-    proc = _train(
-        tmp_path, "ablation=no_grad,no_se", "trainer=ddp_cpu", *SMOKE, "model.generator.se_reduction=16"
-    )
+    # rank 1 of the no_grad job fails mid-run (tests/rank_faults.py); the no_se job is left alone
+    fault = "+callbacks.fault={_target_:rank_faults.FailOnRank,rank:1,batch:2,when:${ablation.name},equals:no_grad}"
+    proc = _train(tmp_path, "ablation=no_grad,no_se", "trainer=ddp_cpu", *SMOKE, fault)
     assert proc.returncode == 1
     # the sweep's end is one line naming the job and its folder (issue 30 item 4), no traceback
     last = proc.stderr.splitlines()[-1]
@@ -138,7 +136,8 @@ def test_failed_job_is_reported_and_the_other_completes(tmp_path: Path) -> None:
         json.loads(p.read_text())["ablation"]: json.loads(p.read_text())
         for p in sweep.glob("*/run_info.json")
     }
-    assert infos["no_grad"]["status"] == "failed" and "se_reduction" in infos["no_grad"]["error"]
+    cause = "injected failure on rank 1 at batch 2"
+    assert infos["no_grad"]["status"] == "failed" and cause in infos["no_grad"]["error"]  # rank 0's record
     assert infos["no_se"]["status"] == "completed" and infos["no_se"]["metrics"]
 
     report_main([str(sweep)])
@@ -152,7 +151,26 @@ def test_failed_job_is_reported_and_the_other_completes(tmp_path: Path) -> None:
         no_se = next(r for r in csv.reader(handle) if r[:2] == ["×", "no_se"])
     assert no_se[3] == "completed" and no_se[5] == "Sample" and float(no_se[8]) > 0  # test PSNR, sample set
     assert no_se[4].startswith("selected")  # which checkpoint the row comes from
-    assert "no job with `ablation=none`" in markdown and "se_reduction" in markdown
+    assert "no job with `ablation=none`" in markdown and cause in markdown
+
+
+@pytest.mark.slow
+def test_a_generator_value_no_job_can_build_is_refused_before_any_job_folder(tmp_path: Path) -> None:
+    """se_reduction=16 leaves no SE hidden channel at the smoke width (8): the no_grad job (SE blocks) refuses in
+    one line before it writes anything, the no_se job (none) completes, and the sweep's line says so."""
+    proc = _train(tmp_path, "ablation=no_grad,no_se", *SMOKE, "model.generator.se_reduction=16")
+    assert proc.returncode == 1
+    refusal = (
+        "error: model.generator: se_reduction=16 leaves no hidden channel for channels=8; "
+        "set model.generator.se_reduction <= channels"
+    )
+    assert refusal in proc.stderr.splitlines()
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("error: 1 of 2 sweep jobs failed: #0 (ablation=no_grad")
+    assert "it refused to start and kept no folder: its own error line is in the output above" in last
+    sweep = tmp_path / "sweep"
+    assert [r.status for r in read_summary(sweep)] == ["failed", "completed"]
+    assert [p.name.split("_", 1)[0] for p in sweep.iterdir() if p.is_dir()] == ["1"]  # no_grad kept nothing
 
 
 @pytest.mark.slow

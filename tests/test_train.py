@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from dgggan_pl.callbacks.checkpoint import AtomicCheckpointIO
+from dgggan_pl.config import ConfigError
 from dgggan_pl.runs import resolve_ckpt_path
 from dgggan_pl.train import build_module, derive_max_steps, train
 from dgggan_pl.weights import WeightsError
@@ -135,11 +135,21 @@ def test_init_from_loads_the_generator_strictly(compose, pretrain_run) -> None:
         build_module(compose(["ablation=no_grad", "debug=smoke", f"model.init_from={checkpoint_path}"]))
 
 
+FAULT = "+callbacks.fault={_target_:rank_faults.FailOnRank,rank:0,batch:1}"  # a failure inside the run
+FAULT_MESSAGE = "injected failure on rank 0 at batch 1"
+
+
 def test_failed_run_is_recorded_and_reraised(compose, tmp_path) -> None:
-    with pytest.raises(InstantiationException, match="injection_blocks"):
-        run(compose, tmp_path, ["model.generator.injection_blocks=[7]"])
+    with pytest.raises(RuntimeError, match=FAULT_MESSAGE):
+        run(compose, tmp_path, [FAULT])
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["status"] == "failed" and "injection_blocks" in info["error"] and info["finished"]
+    assert info["status"] == "failed" and FAULT_MESSAGE in info["error"] and info["finished"]
+
+
+def test_a_value_the_generator_refuses_writes_nothing(compose, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"^model.generator: model.generator.injection_blocks \[7\]"):
+        run(compose, tmp_path / "run", ["model.generator.injection_blocks=[7]"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_max_steps_is_derived_from_iterations(compose) -> None:
@@ -199,8 +209,12 @@ def test_a_finished_run_survives_a_bad_resume(compose, pretrain_run, tmp_path) -
         train(compose([*base, "ckpt_path=checkpoints/lats.ckpt"]))
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
-    with pytest.raises(InstantiationException, match="injection_blocks"):
+    with pytest.raises(ConfigError, match="injection_blocks"):  # refused before anything is written
         train(compose([*base, f"resume={run_dir}", "model.generator.injection_blocks=[7]"]))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    with pytest.raises(RuntimeError, match=FAULT_MESSAGE):  # fails inside the resumed run
+        train(compose([*base, f"resume={run_dir}", "iterations=8", FAULT]))
     assert (run_dir / "run_info.json").read_bytes() == before[run_dir / "run_info.json"]
     assert (run_dir / "config_resolved.yaml").read_bytes() == before[run_dir / "config_resolved.yaml"]
     (failed,) = run_dir.glob("run_info.failed-*.json")

@@ -91,6 +91,7 @@ def check_config(
         raise ConfigError(MAX_STEPS_MESSAGE)
     check_crop(cfg, objective)
     check_generator_arguments(cfg)
+    check_generator_builds(cfg)
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -182,6 +183,23 @@ def check_generator_arguments(cfg: DictConfig) -> None:
         f"model.generator.{unknown[0]}: {target} takes no such argument (it takes: {', '.join(sorted(accepted))})"
         + hint
     )
+
+
+def check_generator_builds(cfg: DictConfig) -> None:
+    """The generator's own checks of its values (e.g. an SE reduction that leaves no hidden channel) run here, on
+    the meta device (no memory), so a bad value is one line before any run folder instead of a traceback from
+    inside the run. Errors other than a constructor's ValueError are left to the run, which says more."""
+    node = OmegaConf.select(cfg, "model.generator", default=None)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    from dgggan_pl.resume_checks import instantiate_on_meta  # imports Hydra's instantiate: only when needed
+
+    try:
+        instantiate_on_meta(node)
+    except Exception as error:  # noqa: BLE001  (Hydra wraps the constructor's ValueError)
+        cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
+        if isinstance(cause, ValueError):
+            raise ConfigError(f"model.generator: {cause}") from None
 
 
 INIT_FROM_KEY = "model.init_from"

@@ -14,14 +14,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from dgggan_pl.launch.processes import JobProcess
 from dgggan_pl.launch.summary import COMPLETED, FAILED, INTERRUPTED, NOT_STARTED, RUNNING, JobRecord
+from dgggan_pl.runs import RUN_RECORD
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def failed_job_left(output_dir: str | None) -> str:
+    """Where to look after a job failed: its run record, else its log, else its own one line (a run refused at
+    start keeps no folder, and pointing at one that is gone would send the user looking for nothing)."""
+    folder = Path(output_dir) if output_dir else None
+    if folder is not None and (folder / RUN_RECORD).is_file():
+        return f"its log and {RUN_RECORD}: {folder}"
+    if folder is not None and folder.is_dir():
+        return f"it wrote no {RUN_RECORD}; its folder: {folder}"
+    return "it refused to start and kept no folder: its own error line is in the output above"
 
 
 @dataclass
@@ -83,7 +96,7 @@ class JobRunner:
             record.status, record.error = INTERRUPTED, f"sweep received {name}; exit code {returncode}"
         else:
             record.status = FAILED
-            record.error = f"exit code {returncode}; its log and run_info.json: {record.output_dir}"
+            record.error = f"exit code {returncode}; {failed_job_left(record.output_dir)}"
         log.info(f"#{record.num} {record.status} after {record.seconds} s")
 
     def run(self, jobs: Sequence[PreparedJob]) -> int | None:
