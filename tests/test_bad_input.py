@@ -145,6 +145,20 @@ def test_a_new_run_refuses_a_folder_holding_another_run(compose, tmp_path, monke
     assert not (run_dir / LOCK_FILE).exists()
 
 
+def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path, monkeypatch) -> None:
+    """A file where the run folder's parent should be: one line naming the folder and the key (Hydra's job runner
+    used to print its own traceback before any of our code ran)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    exit_info = _hydra_train(
+        monkeypatch, tmp_path, [*SMOKE, *QUIET_HYDRA, f"hydra.run.dir={blocker / 'run'}"]
+    )
+    assert exit_info.code == (
+        f"error: cannot create or write to the run folder {blocker / 'run'} (Not a directory): "
+        "choose another hydra.run.dir"
+    )
+
+
 def test_a_second_run_into_a_running_folder_is_refused(tmp_path, monkeypatch) -> None:
     run_dir = tmp_path / "D"
     run_dir.mkdir()

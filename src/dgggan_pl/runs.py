@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dgggan_pl.utils.atomic import remove_stale_temp_files as remove_temp_files_in
@@ -52,6 +53,29 @@ _STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 class ResumeError(FileNotFoundError):
     """`resume=...` or `ckpt_path=...` names no run or checkpoint that can be resumed."""
+
+
+class RunFolderCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): the run or sweep folder Hydra is about to create is created here
+    first, so that one that cannot be (a file in its path, a read-only or missing mount) is one line naming the
+    folder and the key, not the traceback Hydra prints from inside its job runner."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _create_or_refuse(config, "hydra.run.dir", "run folder")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _create_or_refuse(config, "hydra.sweep.dir", "sweep folder")
+
+
+def _create_or_refuse(config: DictConfig, key: str, what: str) -> None:
+    folder = OmegaConf.select(config, key, default=None)
+    if folder is None:
+        return
+    reason = unwritable_reason(str(folder))
+    if reason is not None:
+        raise SystemExit(
+            f"error: cannot create or write to the {what} {folder} ({reason}): choose another {key}"
+        )
 
 
 def attempt_stamp() -> str:
