@@ -154,8 +154,8 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path, monkeypatch) 
         monkeypatch, tmp_path, [*SMOKE, *QUIET_HYDRA, f"hydra.run.dir={blocker / 'run'}"]
     )
     assert exit_info.code == (
-        f"error: cannot create or write to the run folder {blocker / 'run'} (Not a directory): "
-        "choose another hydra.run.dir"
+        f"error: cannot write to the run folder {blocker / 'run'} (Not a directory): make it writable or choose "
+        "another hydra.run.dir"
     )
 
 

@@ -73,9 +73,14 @@ def _create_or_refuse(config: DictConfig, key: str, what: str) -> None:
         return
     reason = unwritable_reason(str(folder))
     if reason is not None:
-        raise SystemExit(
-            f"error: cannot create or write to the {what} {folder} ({reason}): choose another {key}"
-        )
+        raise SystemExit(f"error: {unwritable_folder_message(folder, reason, what, key)}")
+
+
+def unwritable_folder_message(
+    folder: str | Path, reason: str, what: str = "run folder", key: str = "hydra.run.dir"
+) -> str:
+    """The one line for a run or sweep folder this process cannot create or write to (`unwritable_reason`)."""
+    return f"cannot write to the {what} {folder} ({reason}): make it writable or choose another {key}"
 
 
 def attempt_stamp() -> str:
@@ -276,10 +281,7 @@ class RunLock:
         or when the folder cannot be written (read-only)."""
         reason = unwritable_reason(self.path.parent)
         if reason is not None:
-            raise RunFolderError(
-                f"cannot write to the run folder {self.path.parent} ({reason}): make it writable or choose "
-                "another hydra.run.dir"
-            )
+            raise RunFolderError(unwritable_folder_message(self.path.parent, reason))
         for _ in range(2):
             if self._create():
                 self.held = True
