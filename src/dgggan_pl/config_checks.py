@@ -135,19 +135,34 @@ def check_crop(cfg: DictConfig, objective: ObjectiveSpec | None = None) -> None:
         )
     if OmegaConf.select(cfg, "loss", default=None) is None:
         return
-    from dgggan_pl.resume_checks import instantiate_on_meta  # imports Hydra's instantiate: only when needed
-
     for name in _used_critics(cfg, objective):
         node = OmegaConf.select(cfg, f"model.{name}", default=None)
         if not isinstance(node, DictConfig):
             continue
-        try:
-            instantiate_on_meta(node)  # the critic's own size check, without its memory
-        except Exception as error:  # noqa: BLE001  (Hydra wraps the critic's ValueError)
-            cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
-            if not isinstance(cause, ValueError):
-                raise
-            raise ConfigError(f"hr_patch_size={size}: model.{name}: {cause}") from None
+        refusal = _constructor_refusal(node)  # the critic's own size check, without its memory
+        if refusal is not None:
+            raise ConfigError(f"hr_patch_size={size}: model.{name}: {refusal}")
+
+
+def _constructor_refusal(node: DictConfig) -> ValueError | None:
+    """The ValueError the constructor `node` configures raises for its values, built on the meta device (no
+    memory; Hydra wraps the error, this unwraps it); None when it builds. Any other error propagates."""
+    from dgggan_pl.resume_checks import instantiate_on_meta  # imports Hydra's instantiate: only when needed
+
+    try:
+        instantiate_on_meta(node)
+    except Exception as error:
+        cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
+        if isinstance(cause, ValueError):
+            return cause
+        raise
+    return None
+
+
+def _generator_node(cfg: DictConfig) -> DictConfig | None:
+    """`model.generator` when it names a class to build, else None."""
+    node = OmegaConf.select(cfg, "model.generator", default=None)
+    return node if isinstance(node, DictConfig) and "_target_" in node else None
 
 
 _HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_convert_", "_partial_", "_args_"})
@@ -157,8 +172,8 @@ def check_generator_arguments(cfg: DictConfig) -> None:
     """Every `model.generator.<key>` must be an argument of the class it builds: a key another generator takes
     (an ablation of DGGGAN's branches on `model=rrdbnet`, a typo) is named in one line instead of Hydra's
     instantiation traceback. A class that cannot be imported here, or that takes `**kwargs`, is left to Hydra."""
-    node = OmegaConf.select(cfg, "model.generator", default=None)
-    if not isinstance(node, DictConfig) or "_target_" not in node:
+    node = _generator_node(cfg)
+    if node is None:
         return
     from hydra.utils import get_class  # imports the generator's module: only where a config names one
 
@@ -189,17 +204,15 @@ def check_generator_builds(cfg: DictConfig) -> None:
     """The generator's own checks of its values (e.g. an SE reduction that leaves no hidden channel) run here, on
     the meta device (no memory), so a bad value is one line before any run folder instead of a traceback from
     inside the run. Errors other than a constructor's ValueError are left to the run, which says more."""
-    node = OmegaConf.select(cfg, "model.generator", default=None)
-    if not isinstance(node, DictConfig) or "_target_" not in node:
+    node = _generator_node(cfg)
+    if node is None:
         return
-    from dgggan_pl.resume_checks import instantiate_on_meta  # imports Hydra's instantiate: only when needed
-
     try:
-        instantiate_on_meta(node)
-    except Exception as error:  # noqa: BLE001  (Hydra wraps the constructor's ValueError)
-        cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
-        if isinstance(cause, ValueError):
-            raise ConfigError(f"model.generator: {cause}") from None
+        refusal = _constructor_refusal(node)
+    except Exception:  # noqa: BLE001  (not a bad value: the run builds it again and says what went wrong)
+        return
+    if refusal is not None:
+        raise ConfigError(f"model.generator: {refusal}")
 
 
 INIT_FROM_KEY = "model.init_from"

@@ -90,9 +90,8 @@ class RankGroup:
             return
         self.watch = RankWatch(self.rank, self.settings.stop_grace_s, self.settings.watch_interval_s)
         self.watch.exit_hook = self._exit_hook
-        self.watch.children = (
-            node_children()
-        )  # a child that dies before it meets the others ends this rank too
+        # a child rank that dies before it meets the others ends this rank too
+        self.watch.children = node_children()
         self.watch.start()  # from here a stop signal ends a rank stuck waiting for the others
         environment = cluster_environment()
         host, port = environment.main_address, environment.main_port
